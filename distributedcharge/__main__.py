@@ -1,0 +1,5 @@
+import sys
+
+from distributedcharge.cli import main
+
+sys.exit(main())
