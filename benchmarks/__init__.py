@@ -1,0 +1,1 @@
+"""Speed measurements, each printed as a ratio against a baseline measured in the same run."""
