@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 REQUIRED = object()
 
-# Module attribute holding each role's schema; imported lazily like the CLI.
-SCHEMAS = {"car": "car.config:SCHEMA", "wallunit": "wallunit.config:SCHEMA"}
+# Each role's config module, imported lazily like the CLI. It defines ``SCHEMA`` (a list of
+# Field) and ``cross_check(config, source) -> list[str]`` for rules that span several keys.
+SCHEMAS = {"car": "car.config", "wallunit": "wallunit.config"}
 
 Check = Callable[[Any], "str | None"]
 
@@ -156,11 +157,6 @@ def parse_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid UTF-8: {exc}"]) from None
 
 
-def schema_for(role: str) -> list[Field]:
-    module_name, _, attribute = SCHEMAS[role].partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
 def load(path: str | Path, role: str | None = None) -> tuple[str, Config]:
     """Parse and validate ``path``; ``role`` given means the file must be for that role."""
     data = parse_file(path)
@@ -169,4 +165,8 @@ def load(path: str | Path, role: str | None = None) -> tuple[str, Config]:
         raise ConfigError([f"{path}: role: must be one of {', '.join(map(repr, SCHEMAS))}, got {found!r}"])
     if role is not None and found != role:
         raise ConfigError([f"{path}: role: this is a {found!r} config, expected {role!r}"])
-    return found, validate(data, schema_for(found), str(path))
+    module = importlib.import_module(SCHEMAS[found])
+    config = validate(data, module.SCHEMA, str(path))
+    if problems := module.cross_check(config, str(path)):
+        raise ConfigError(problems)
+    return found, config

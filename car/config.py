@@ -1,0 +1,148 @@
+"""The car's configuration schema: the ``[buyer]`` limits and where its state lives.
+
+Money limits are exact: sat values become integer msat, and a number such as 1.4 in the
+file means exactly 7/5 (read through its decimal text, never as a binary float).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Container
+from fractions import Fraction
+from typing import Any
+
+import coincurve
+
+from car.policy import NETWORKS, BuyerPolicy, BuyerSettings, PrepayTolerance
+from distributedcharge import config
+from distributedcharge.config import Field, between, one_of
+from distributedcharge.units import MSAT_PER_SAT
+
+PREPAY_MODELS = ("v1",)
+TOTAL_SUPPLY_SAT = 21_000_000 * 100_000_000
+
+
+def _exact(value: Any) -> Fraction:
+    return Fraction(str(value))
+
+
+def _all(*checks: config.Check) -> config.Check:
+    def check(value: Any) -> str | None:
+        for each in checks:
+            if problem := each(value):
+                return problem
+        return None
+
+    return check
+
+
+def _whole_msat(unit: str) -> config.Check:
+    def check(value: Any) -> str | None:
+        if (_exact(value) * MSAT_PER_SAT).denominator != 1:
+            return f"must be a whole number of msat {unit} (at most 3 decimals), got {value!r}"
+        return None
+
+    return check
+
+
+def _finite(value: Any) -> str | None:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return f"must be a finite number, got {value!r}"
+    return None
+
+
+def _pubkey_list(value: Any) -> str | None:
+    for position, item in enumerate(value):
+        if not isinstance(item, str):
+            return f"entry {position} must be a string, got {item!r}"
+        if len(item) != 66 or any(c not in string.hexdigits for c in item):
+            return f"entry {position} must be a node id of 66 hex digits, got {item!r}"
+        try:
+            coincurve.PublicKey(bytes.fromhex(item))
+        except ValueError:
+            return f"entry {position} is not a valid compressed public key: {item!r}"
+    return None
+
+
+BUYER_FIELDS: list[Field] = [
+    Field("buyer.max_rate_sat_per_kwh", (int, float), 1000,
+          _all(_finite, between(0.001, 10_000_000), _whole_msat("per kWh")),
+          "highest rate the car accepts, sat per kWh"),
+    Field("buyer.max_payment_msat", int, 41 * MSAT_PER_SAT, between(1, 100_000_000),
+          "largest single payment the car accepts in an offer, msat (41 sat by default)"),
+    Field("buyer.prepay_model", str, "v1", one_of(*PREPAY_MODELS),
+          "how far ahead of its own meter the car pays; v1 = the original car's rule"),
+    Field("buyer.prepay_payments_ahead", (int, float), 1.4, _all(_finite, between(0, 10)),
+          "v1: payments the car may be ahead of its meter"),
+    Field("buyer.prepay_fixed_wh", (int, float), 75, _all(_finite, between(0, 1000)),
+          "v1: fixed Wh the car may be ahead (the meters start at different times)"),
+    Field("buyer.prepay_error_low_current_percent", (int, float), 20, _all(_finite, between(0, 100)),
+          "v1: meter disagreement allowed at the low-current point, % of energy received"),
+    Field("buyer.prepay_low_current_a", (int, float), 5, _all(_finite, between(0, 24)),
+          "v1: current of the low-current point, A"),
+    Field("buyer.prepay_error_high_current_percent", (int, float), 2.5, _all(_finite, between(0, 100)),
+          "v1: meter disagreement allowed at the high-current point, % of energy received"),
+    Field("buyer.prepay_high_current_a", (int, float), 48, _all(_finite, between(25, 100)),
+          "v1: current of the high-current point, A"),
+    Field("buyer.max_fee_ppm", int, 30_000, between(0, 1_000_000),
+          "routing fee limit per payment, parts per million of the amount"),
+    Field("buyer.min_fee_sat", int, 2, between(0, 1000),
+          "routing fee limit never below this, sat"),
+    Field("buyer.session_cap_sat", int, 100_000, between(1, TOTAL_SUPPLY_SAT),
+          "most the car spends in one plug-in, sat, fees included"),
+    Field("buyer.daily_cap_sat", int, 200_000, between(1, TOTAL_SUPPLY_SAT),
+          "most the car spends in any 24 hours, sat, fees included"),
+    Field("buyer.network", str, "mainnet", one_of(*NETWORKS),
+          "the Lightning network the owner's node is on; invoices for others are refused"),
+    Field("buyer.trusted_payees", list, [], _pubkey_list,
+          "node ids (66 hex) the car will pay; empty = any wall, pinned for the session"),
+    Field("buyer.balance_margin_percent", (int, float), 3, _all(_finite, between(0, 100)),
+          "channel balance must cover the amount plus this much, %"),
+    Field("buyer.max_attempts", int, 3, between(1, 20),
+          "times one invoice is tried when payments fail"),
+]
+
+STATE_FIELDS: list[Field] = [
+    Field("state.dir", str, "/var/lib/distributedcharge-car",
+          doc="directory of the payment journal (SQLite)"),
+]
+
+SCHEMA: list[Field] = BUYER_FIELDS + STATE_FIELDS
+
+
+def buyer_settings_from_config(section: dict[str, Any]) -> BuyerSettings:
+    """A validated ``[buyer]`` section (``config.validate(...)["buyer"]``) as exact settings."""
+    tolerance = PrepayTolerance(
+        payments_ahead=_exact(section["prepay_payments_ahead"]),
+        fixed_wh=_exact(section["prepay_fixed_wh"]),
+        error_at_low_current=_exact(section["prepay_error_low_current_percent"]) / 100,
+        low_current_deciamps=_exact(section["prepay_low_current_a"]) * 10,
+        error_at_high_current=_exact(section["prepay_error_high_current_percent"]) / 100,
+        high_current_deciamps=_exact(section["prepay_high_current_a"]) * 10,
+    )
+    return BuyerSettings(
+        max_rate_msat_per_kwh=int(_exact(section["max_rate_sat_per_kwh"]) * MSAT_PER_SAT),
+        max_payment_msat=section["max_payment_msat"],
+        tolerance=tolerance,
+        max_fee_ppm=section["max_fee_ppm"],
+        min_fee_msat=section["min_fee_sat"] * MSAT_PER_SAT,
+        session_cap_msat=section["session_cap_sat"] * MSAT_PER_SAT,
+        daily_cap_msat=section["daily_cap_sat"] * MSAT_PER_SAT,
+        network=section["network"],
+        trusted_payees=frozenset(bytes.fromhex(node) for node in section["trusted_payees"]),
+        balance_margin_percent=_exact(section["balance_margin_percent"]),
+        max_attempts=section["max_attempts"],
+    )
+
+
+def buyer_policy_from_config(
+    section: dict[str, Any], known_hashes: Container[bytes] = frozenset()
+) -> BuyerPolicy:
+    """The policy for a validated ``[buyer]`` section; pass ``journal.known_hashes`` in the daemon."""
+    return BuyerPolicy(buyer_settings_from_config(section), known_hashes)
+
+
+def cross_check(cfg: config.Config, source: str) -> list[str]:
+    """Rules spanning several keys. The [buyer] ranges are chosen so that each key stands
+    alone (the low-current point's range ends below the high-current point's), so none."""
+    return []
