@@ -1,43 +1,58 @@
 """``distributedcharge ledger --role car|wallunit show|export --csv``: read a daemon's records.
 
-Opens the journal read-only in spirit: it never migrates or writes, so it is safe to run
-beside a live daemon (WAL lets readers and the writer proceed together).
+Safe to run beside a live daemon: the journals are SQLite in WAL mode, so a reader never
+blocks the daemon's writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import sys
 from pathlib import Path
 
 from distributedcharge import config
 
-LEDGERS = {
-    "car": ("car.journal", "/var/lib/distributedcharge-car/journal.sqlite3"),
-    "wallunit": ("wallunit.ledger", "/var/lib/distributedcharge-wallunit/ledger.sqlite3"),
-}
+DEFAULT_STATE_DIRS = {"car": "/var/lib/distributedcharge-car", "wallunit": "/var/lib/distributedcharge-wallunit"}
+
+
+def _ledger_file(role: str) -> str:
+    if role == "car":
+        from car.journal import JOURNAL_FILE
+
+        return JOURNAL_FILE
+    from wallunit.config import LEDGER_FILENAME
+
+    return LEDGER_FILENAME
+
+
+def _open(role: str, path: Path):
+    if role == "car":
+        from car.journal import Journal
+
+        return Journal(path)
+    from wallunit.ledger import open_ledger
+
+    return open_ledger(path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--role", choices=sorted(LEDGERS), required=True)
+    parser.add_argument("--role", choices=sorted(DEFAULT_STATE_DIRS), required=True)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--config", help="the daemon's config file (its [state] dir locates the ledger)")
     where.add_argument("--db", help="path of the ledger file itself")
     parser.add_argument("action", choices=["show", "export"])
-    parser.add_argument("--csv", action="store_true", help="with export: CSV (the only format so far)")
+    parser.add_argument("--csv", action="store_true", help="with export: CSV (the default and only format)")
     parser.add_argument("-o", "--output", help="with export: write to this file instead of stdout")
 
 
 def _ledger_path(args: argparse.Namespace) -> Path:
-    module_name, default = LEDGERS[args.role]
     if args.db:
         return Path(args.db)
     if args.config:
         _, cfg = config.load(args.config, args.role)
-        return Path(cfg["state"]["dir"]) / Path(default).name
-    return Path(default)
+        return Path(cfg["state"]["dir"]) / _ledger_file(args.role)
+    return Path(DEFAULT_STATE_DIRS[args.role]) / _ledger_file(args.role)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,22 +64,25 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"{path}: no ledger here yet (has the daemon run?)", file=sys.stderr)
         return 1
-    module = importlib.import_module(LEDGERS[args.role][0])
-    ledger = module.open_ledger(path)
+    ledger = _open(args.role, path)
     try:
         if args.action == "show":
             for line in ledger.show_lines():
                 print(line)
             return 0
         header, rows = ledger.export_rows()
-        out = open(args.output, "w", newline="") if args.output else sys.stdout
-        try:
+        with open(args.output, "w", newline="") if args.output else _stdout() as out:
             writer = csv.writer(out)
             writer.writerow(header)
             writer.writerows(rows)
-        finally:
-            if args.output:
-                out.close()
         return 0
     finally:
         ledger.close()
+
+
+class _stdout:
+    def __enter__(self):
+        return sys.stdout
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout.flush()
