@@ -13,10 +13,24 @@ from typing import TextIO
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the moment of writing.
+
+    Binding the object present at configure time breaks when a caller swaps stderr
+    (pytest's capture, a daemonising wrapper) and later closes the stream it swapped in.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
-    stream = stream or sys.stderr
     if json is None:
-        json = not stream.isatty()
+        json = not (stream or sys.stderr).isatty()
+    stream = stream or _CurrentStderr()
     renderer = (
         structlog.processors.JSONRenderer(sort_keys=True)
         if json
