@@ -38,7 +38,14 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("identity_pubkey", "alias", "num_pending_channels", "num_active_channels", "num_peers", "block_height", "block_hash", "synced_to_chain", "uris", "best_header_timestamp", "version", "num_inactive_channels", "chains", "color", "synced_to_graph", "commit_hash", "wallet_synced")
+    __slots__ = ("identity_pubkey", "alias", "num_pending_channels", "num_active_channels", "num_peers", "block_height", "block_hash", "synced_to_chain", "uris", "best_header_timestamp", "version", "num_inactive_channels", "chains", "color", "synced_to_graph", "features", "commit_hash", "wallet_synced")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: Feature
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[Feature, _Mapping]] = ...) -> None: ...
     IDENTITY_PUBKEY_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     NUM_PENDING_CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +61,7 @@ class GetInfoResponse(_message.Message):
     CHAINS_FIELD_NUMBER: _ClassVar[int]
     COLOR_FIELD_NUMBER: _ClassVar[int]
     SYNCED_TO_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     COMMIT_HASH_FIELD_NUMBER: _ClassVar[int]
     WALLET_SYNCED_FIELD_NUMBER: _ClassVar[int]
     identity_pubkey: str
@@ -71,9 +79,10 @@ class GetInfoResponse(_message.Message):
     chains: _containers.RepeatedCompositeFieldContainer[Chain]
     color: str
     synced_to_graph: bool
+    features: _containers.MessageMap[int, Feature]
     commit_hash: str
     wallet_synced: bool
-    def __init__(self, identity_pubkey: _Optional[str] = ..., alias: _Optional[str] = ..., num_pending_channels: _Optional[int] = ..., num_active_channels: _Optional[int] = ..., num_peers: _Optional[int] = ..., block_height: _Optional[int] = ..., block_hash: _Optional[str] = ..., synced_to_chain: _Optional[bool] = ..., uris: _Optional[_Iterable[str]] = ..., best_header_timestamp: _Optional[int] = ..., version: _Optional[str] = ..., num_inactive_channels: _Optional[int] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., color: _Optional[str] = ..., synced_to_graph: _Optional[bool] = ..., commit_hash: _Optional[str] = ..., wallet_synced: _Optional[bool] = ...) -> None: ...
+    def __init__(self, identity_pubkey: _Optional[str] = ..., alias: _Optional[str] = ..., num_pending_channels: _Optional[int] = ..., num_active_channels: _Optional[int] = ..., num_peers: _Optional[int] = ..., block_height: _Optional[int] = ..., block_hash: _Optional[str] = ..., synced_to_chain: _Optional[bool] = ..., uris: _Optional[_Iterable[str]] = ..., best_header_timestamp: _Optional[int] = ..., version: _Optional[str] = ..., num_inactive_channels: _Optional[int] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., color: _Optional[str] = ..., synced_to_graph: _Optional[bool] = ..., features: _Optional[_Mapping[int, Feature]] = ..., commit_hash: _Optional[str] = ..., wallet_synced: _Optional[bool] = ...) -> None: ...
 
 class Chain(_message.Message):
     __slots__ = ("network",)
@@ -94,20 +103,24 @@ class Amount(_message.Message):
     def __init__(self, sat: _Optional[int] = ..., msat: _Optional[int] = ...) -> None: ...
 
 class ChannelBalanceResponse(_message.Message):
-    __slots__ = ("local_balance", "remote_balance", "unsettled_local_balance", "unsettled_remote_balance", "pending_open_local_balance", "pending_open_remote_balance")
+    __slots__ = ("balance", "pending_open_balance", "local_balance", "remote_balance", "unsettled_local_balance", "unsettled_remote_balance", "pending_open_local_balance", "pending_open_remote_balance")
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_OPEN_BALANCE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_BALANCE_FIELD_NUMBER: _ClassVar[int]
     REMOTE_BALANCE_FIELD_NUMBER: _ClassVar[int]
     UNSETTLED_LOCAL_BALANCE_FIELD_NUMBER: _ClassVar[int]
     UNSETTLED_REMOTE_BALANCE_FIELD_NUMBER: _ClassVar[int]
     PENDING_OPEN_LOCAL_BALANCE_FIELD_NUMBER: _ClassVar[int]
     PENDING_OPEN_REMOTE_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    balance: int
+    pending_open_balance: int
     local_balance: Amount
     remote_balance: Amount
     unsettled_local_balance: Amount
     unsettled_remote_balance: Amount
     pending_open_local_balance: Amount
     pending_open_remote_balance: Amount
-    def __init__(self, local_balance: _Optional[_Union[Amount, _Mapping]] = ..., remote_balance: _Optional[_Union[Amount, _Mapping]] = ..., unsettled_local_balance: _Optional[_Union[Amount, _Mapping]] = ..., unsettled_remote_balance: _Optional[_Union[Amount, _Mapping]] = ..., pending_open_local_balance: _Optional[_Union[Amount, _Mapping]] = ..., pending_open_remote_balance: _Optional[_Union[Amount, _Mapping]] = ...) -> None: ...
+    def __init__(self, balance: _Optional[int] = ..., pending_open_balance: _Optional[int] = ..., local_balance: _Optional[_Union[Amount, _Mapping]] = ..., remote_balance: _Optional[_Union[Amount, _Mapping]] = ..., unsettled_local_balance: _Optional[_Union[Amount, _Mapping]] = ..., unsettled_remote_balance: _Optional[_Union[Amount, _Mapping]] = ..., pending_open_local_balance: _Optional[_Union[Amount, _Mapping]] = ..., pending_open_remote_balance: _Optional[_Union[Amount, _Mapping]] = ...) -> None: ...
 
 class HopHint(_message.Message):
     __slots__ = ("node_id", "chan_id", "fee_base_msat", "fee_proportional_millionths", "cltv_expiry_delta")
@@ -152,7 +165,7 @@ class InvoiceHTLC(_message.Message):
     def __init__(self, chan_id: _Optional[int] = ..., htlc_index: _Optional[int] = ..., amt_msat: _Optional[int] = ..., accept_height: _Optional[int] = ..., accept_time: _Optional[int] = ..., resolve_time: _Optional[int] = ..., expiry_height: _Optional[int] = ..., state: _Optional[_Union[InvoiceHTLCState, str]] = ..., mpp_total_amt_msat: _Optional[int] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("memo", "r_preimage", "r_hash", "value", "creation_date", "settle_date", "payment_request", "description_hash", "expiry", "fallback_addr", "cltv_expiry", "route_hints", "private", "add_index", "settle_index", "amt_paid_sat", "amt_paid_msat", "state", "htlcs", "value_msat", "is_keysend", "payment_addr", "is_amp")
+    __slots__ = ("memo", "r_preimage", "r_hash", "value", "settled", "creation_date", "settle_date", "payment_request", "description_hash", "expiry", "fallback_addr", "cltv_expiry", "route_hints", "private", "add_index", "settle_index", "amt_paid", "amt_paid_sat", "amt_paid_msat", "state", "htlcs", "value_msat", "features", "is_keysend", "payment_addr", "is_amp")
     class InvoiceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OPEN: _ClassVar[Invoice.InvoiceState]
@@ -163,10 +176,18 @@ class Invoice(_message.Message):
     SETTLED: Invoice.InvoiceState
     CANCELED: Invoice.InvoiceState
     ACCEPTED: Invoice.InvoiceState
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: Feature
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[Feature, _Mapping]] = ...) -> None: ...
     MEMO_FIELD_NUMBER: _ClassVar[int]
     R_PREIMAGE_FIELD_NUMBER: _ClassVar[int]
     R_HASH_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
     CREATION_DATE_FIELD_NUMBER: _ClassVar[int]
     SETTLE_DATE_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -178,11 +199,13 @@ class Invoice(_message.Message):
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
     ADD_INDEX_FIELD_NUMBER: _ClassVar[int]
     SETTLE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    AMT_PAID_FIELD_NUMBER: _ClassVar[int]
     AMT_PAID_SAT_FIELD_NUMBER: _ClassVar[int]
     AMT_PAID_MSAT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     HTLCS_FIELD_NUMBER: _ClassVar[int]
     VALUE_MSAT_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     IS_KEYSEND_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ADDR_FIELD_NUMBER: _ClassVar[int]
     IS_AMP_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +213,7 @@ class Invoice(_message.Message):
     r_preimage: bytes
     r_hash: bytes
     value: int
+    settled: bool
     creation_date: int
     settle_date: int
     payment_request: str
@@ -201,15 +225,17 @@ class Invoice(_message.Message):
     private: bool
     add_index: int
     settle_index: int
+    amt_paid: int
     amt_paid_sat: int
     amt_paid_msat: int
     state: Invoice.InvoiceState
     htlcs: _containers.RepeatedCompositeFieldContainer[InvoiceHTLC]
     value_msat: int
+    features: _containers.MessageMap[int, Feature]
     is_keysend: bool
     payment_addr: bytes
     is_amp: bool
-    def __init__(self, memo: _Optional[str] = ..., r_preimage: _Optional[bytes] = ..., r_hash: _Optional[bytes] = ..., value: _Optional[int] = ..., creation_date: _Optional[int] = ..., settle_date: _Optional[int] = ..., payment_request: _Optional[str] = ..., description_hash: _Optional[bytes] = ..., expiry: _Optional[int] = ..., fallback_addr: _Optional[str] = ..., cltv_expiry: _Optional[int] = ..., route_hints: _Optional[_Iterable[_Union[RouteHint, _Mapping]]] = ..., private: _Optional[bool] = ..., add_index: _Optional[int] = ..., settle_index: _Optional[int] = ..., amt_paid_sat: _Optional[int] = ..., amt_paid_msat: _Optional[int] = ..., state: _Optional[_Union[Invoice.InvoiceState, str]] = ..., htlcs: _Optional[_Iterable[_Union[InvoiceHTLC, _Mapping]]] = ..., value_msat: _Optional[int] = ..., is_keysend: _Optional[bool] = ..., payment_addr: _Optional[bytes] = ..., is_amp: _Optional[bool] = ...) -> None: ...
+    def __init__(self, memo: _Optional[str] = ..., r_preimage: _Optional[bytes] = ..., r_hash: _Optional[bytes] = ..., value: _Optional[int] = ..., settled: _Optional[bool] = ..., creation_date: _Optional[int] = ..., settle_date: _Optional[int] = ..., payment_request: _Optional[str] = ..., description_hash: _Optional[bytes] = ..., expiry: _Optional[int] = ..., fallback_addr: _Optional[str] = ..., cltv_expiry: _Optional[int] = ..., route_hints: _Optional[_Iterable[_Union[RouteHint, _Mapping]]] = ..., private: _Optional[bool] = ..., add_index: _Optional[int] = ..., settle_index: _Optional[int] = ..., amt_paid: _Optional[int] = ..., amt_paid_sat: _Optional[int] = ..., amt_paid_msat: _Optional[int] = ..., state: _Optional[_Union[Invoice.InvoiceState, str]] = ..., htlcs: _Optional[_Iterable[_Union[InvoiceHTLC, _Mapping]]] = ..., value_msat: _Optional[int] = ..., features: _Optional[_Mapping[int, Feature]] = ..., is_keysend: _Optional[bool] = ..., payment_addr: _Optional[bytes] = ..., is_amp: _Optional[bool] = ...) -> None: ...
 
 class AddInvoiceResponse(_message.Message):
     __slots__ = ("r_hash", "payment_request", "add_index", "payment_addr")
@@ -315,7 +341,7 @@ class HTLCAttempt(_message.Message):
     def __init__(self, status: _Optional[_Union[HTLCAttempt.HTLCStatus, str]] = ..., attempt_time_ns: _Optional[int] = ..., resolve_time_ns: _Optional[int] = ..., preimage: _Optional[bytes] = ..., attempt_id: _Optional[int] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("payment_hash", "payment_preimage", "value_sat", "value_msat", "payment_request", "status", "fee_sat", "fee_msat", "creation_time_ns", "htlcs", "payment_index", "failure_reason")
+    __slots__ = ("payment_hash", "value", "creation_date", "fee", "payment_preimage", "value_sat", "value_msat", "payment_request", "status", "fee_sat", "fee_msat", "creation_time_ns", "htlcs", "payment_index", "failure_reason")
     class PaymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[Payment.PaymentStatus]
@@ -329,6 +355,9 @@ class Payment(_message.Message):
     FAILED: Payment.PaymentStatus
     INITIATED: Payment.PaymentStatus
     PAYMENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CREATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    FEE_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_PREIMAGE_FIELD_NUMBER: _ClassVar[int]
     VALUE_SAT_FIELD_NUMBER: _ClassVar[int]
     VALUE_MSAT_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +370,9 @@ class Payment(_message.Message):
     PAYMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     payment_hash: str
+    value: int
+    creation_date: int
+    fee: int
     payment_preimage: str
     value_sat: int
     value_msat: int
@@ -352,7 +384,7 @@ class Payment(_message.Message):
     htlcs: _containers.RepeatedCompositeFieldContainer[HTLCAttempt]
     payment_index: int
     failure_reason: PaymentFailureReason
-    def __init__(self, payment_hash: _Optional[str] = ..., payment_preimage: _Optional[str] = ..., value_sat: _Optional[int] = ..., value_msat: _Optional[int] = ..., payment_request: _Optional[str] = ..., status: _Optional[_Union[Payment.PaymentStatus, str]] = ..., fee_sat: _Optional[int] = ..., fee_msat: _Optional[int] = ..., creation_time_ns: _Optional[int] = ..., htlcs: _Optional[_Iterable[_Union[HTLCAttempt, _Mapping]]] = ..., payment_index: _Optional[int] = ..., failure_reason: _Optional[_Union[PaymentFailureReason, str]] = ...) -> None: ...
+    def __init__(self, payment_hash: _Optional[str] = ..., value: _Optional[int] = ..., creation_date: _Optional[int] = ..., fee: _Optional[int] = ..., payment_preimage: _Optional[str] = ..., value_sat: _Optional[int] = ..., value_msat: _Optional[int] = ..., payment_request: _Optional[str] = ..., status: _Optional[_Union[Payment.PaymentStatus, str]] = ..., fee_sat: _Optional[int] = ..., fee_msat: _Optional[int] = ..., creation_time_ns: _Optional[int] = ..., htlcs: _Optional[_Iterable[_Union[HTLCAttempt, _Mapping]]] = ..., payment_index: _Optional[int] = ..., failure_reason: _Optional[_Union[PaymentFailureReason, str]] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("entity", "actions")

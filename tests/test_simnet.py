@@ -715,3 +715,31 @@ def test_bad_node_lists_and_a_second_server_on_one_directory_are_refused(tmp_pat
                     pass
 
     run(scenario)
+
+
+def test_deprecated_fields_older_clients_read_are_filled_as_lnd_fills_them(tmp_path):
+    async def scenario():
+        async with simnet_in(tmp_path, fee_base_msat=1000, fee_ppm=0) as simnet:
+            async with client(simnet, "wall") as wall, client(simnet, "car") as car:
+                bill = await wall.add_invoice(12_345, memo="energy")
+                await car.pay(bill.payment_request, timeout_s=10, fee_limit_msat=FEE_LIMIT_MSAT)
+            async with raw_stubs(simnet, "wall") as (lightning, _, _), raw_stubs(simnet, "car") as (
+                car_lightning, _, router
+            ):
+                invoice = await lightning.LookupInvoice(
+                    lightning_pb2.PaymentHash(r_hash=bill.r_hash), metadata=admin_metadata(simnet, "wall")
+                )
+                assert invoice.settled and invoice.amt_paid == 12_345 and invoice.amt_paid_sat == 12
+                assert 14 in invoice.features and invoice.features[14].name == "payment-addr"
+                balance = await car_lightning.ChannelBalance(
+                    lightning_pb2.ChannelBalanceRequest(), metadata=admin_metadata(simnet, "car")
+                )
+                assert balance.balance == balance.local_balance.sat
+                track = router.TrackPaymentV2(
+                    router_pb2.TrackPaymentRequest(payment_hash=bill.r_hash), metadata=admin_metadata(simnet)
+                )
+                final = [update async for update in track][-1]
+                assert (final.value, final.fee) == (12, 1)
+                assert final.creation_date == final.creation_time_ns // 1_000_000_000
+
+    run(scenario)

@@ -171,6 +171,10 @@ def invoice_message(invoice: InvoiceRecord, channel_id: int, *, with_htlcs: bool
         amt_paid_msat=invoice.amt_paid_msat,
         state=int(invoice.state),
         payment_addr=invoice.payment_addr,
+        features=_features(bolt11.DEFAULT_FEATURES),
+        # Deprecated in lnd but still filled by it, and still read by older clients.
+        settled=invoice.state == InvoiceState.SETTLED,
+        amt_paid=invoice.amt_paid_msat,
     )
     if invoice.preimage is not None:
         message.r_preimage = invoice.preimage
@@ -206,6 +210,9 @@ def payment_message(payment: PaymentRecord) -> lightning_pb2.Payment:
         fee_sat=fee_msat // 1000,
         fee_msat=fee_msat,
         creation_time_ns=payment.creation_time_ns,
+        value=payment.value_msat // 1000,
+        creation_date=payment.creation_time_ns // NS_PER_S,
+        fee=fee_msat // 1000,
         payment_index=payment.payment_index,
         failure_reason=int(payment.failure_reason),
     )
@@ -341,6 +348,7 @@ class LightningService(_NodeService, lightning_pb2_grpc.LightningServicer):
             version=VERSION,
             chains=[lightning_pb2.Chain(network=NETWORK)],
             color="#3399ff",
+            features=_features(bolt11.DEFAULT_FEATURES),
         )
 
     async def ChannelBalance(self, request, context):
@@ -350,6 +358,7 @@ class LightningService(_NodeService, lightning_pb2_grpc.LightningServicer):
             return lightning_pb2.Amount(sat=msat // 1000, msat=msat)
 
         return lightning_pb2.ChannelBalanceResponse(
+            balance=balance.local_msat // 1000,
             local_balance=amount(balance.local_msat),
             remote_balance=amount(balance.remote_msat),
             unsettled_local_balance=amount(balance.unsettled_local_msat),
