@@ -1,7 +1,12 @@
-"""The car's configuration schema: the ``[buyer]`` limits and where its state lives.
+"""The car's whole configuration: the ``[buyer]`` limits, the node, both buses, the relay, state, logs.
 
 Money limits are exact: sat values become integer msat, and a number such as 1.4 in the
 file means exactly 7/5 (read through its decimal text, never as a binary float).
+
+:func:`cross_check` checks the ``[lightning]`` section's shape (exactly one way to reach
+the node, a well-formed lndconnect URI) without touching the filesystem, so an example
+file with placeholder paths checks clean; the daemon reads the certificate and macaroon
+at start and refuses to run if either is missing or unusable.
 """
 
 from __future__ import annotations
@@ -16,7 +21,12 @@ import coincurve
 from car.policy import NETWORKS, BuyerPolicy, BuyerSettings, PrepayTolerance
 from distributedcharge import config
 from distributedcharge.config import Field, between, one_of
+from distributedcharge.daemon import LOG_FIELDS
+from distributedcharge.lightning import node
+from distributedcharge.lightning.node import LIGHTNING_FIELDS
+from distributedcharge.swcan.adapter import SWCAN_FIELDS
 from distributedcharge.units import MSAT_PER_SAT
+from distributedcharge.vehicle.config import FIELDS as VEHICLE_FIELDS
 
 PREPAY_MODELS = ("v1",)
 TOTAL_SUPPLY_SAT = 21_000_000 * 100_000_000
@@ -107,7 +117,42 @@ STATE_FIELDS: list[Field] = [
           doc="directory of the payment journal (SQLite)"),
 ]
 
-SCHEMA: list[Field] = BUYER_FIELDS + STATE_FIELDS
+VEHICLE_CAN_FIELDS: list[Field] = [
+    Field("vehicle_can.interface", str, "socketcan",
+          doc="python-can interface of the car's own CAN tap: socketcan on the Pi; virtual or remote in tests"),
+    Field("vehicle_can.channel", str, "can1", doc="python-can channel, e.g. can1, or 127.0.0.1:54702 for remote"),
+    Field("vehicle_can.bitrate", int, 500_000, between(10_000, 1_000_000),
+          doc="bit/s; for socketcan it is set on the interface (systemd-networkd), not here"),
+]
+
+NO_RELAY = "none"
+# BCM numbers of the GPIO pins on the Raspberry Pi's 40-pin header.
+HIGHEST_HEADER_GPIO = 27
+
+
+def _gpio_pin(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if value == NO_RELAY else f"must be a GPIO number or {NO_RELAY!r}, got {value!r}"
+    return between(0, HIGHEST_HEADER_GPIO)(value)
+
+
+RELAY_FIELDS: list[Field] = [
+    Field("relay.gpio_pin", (int, str), NO_RELAY, _gpio_pin,
+          "BCM number of the GPIO that switches the SWCAN relay (16 on the original boards); "
+          "\"none\" or 0: no relay, the SWCAN wire is always connected"),
+    Field("relay.active_high", bool, True, doc="the relay closes when the pin is driven high"),
+]
+
+SCHEMA: list[Field] = (
+    BUYER_FIELDS + STATE_FIELDS + LIGHTNING_FIELDS + SWCAN_FIELDS + VEHICLE_FIELDS + VEHICLE_CAN_FIELDS
+    + RELAY_FIELDS + LOG_FIELDS
+)
+
+
+def relay_pin(section: dict[str, Any]) -> int | None:
+    """The relay's GPIO from a validated ``[relay]`` section, or None when there is no relay."""
+    pin = section["gpio_pin"]
+    return None if pin in (NO_RELAY, 0) else pin
 
 
 def buyer_settings_from_config(section: dict[str, Any]) -> BuyerSettings:
@@ -138,11 +183,39 @@ def buyer_settings_from_config(section: dict[str, Any]) -> BuyerSettings:
 def buyer_policy_from_config(
     section: dict[str, Any], known_hashes: Container[bytes] = frozenset()
 ) -> BuyerPolicy:
-    """The policy for a validated ``[buyer]`` section; pass ``journal.known_hashes`` in the daemon."""
+    """The policy for a validated ``[buyer]`` section; a daemon passes
+    ``journal.settled_or_pending_hashes(max_attempts)``."""
     return BuyerPolicy(buyer_settings_from_config(section), known_hashes)
 
 
 def cross_check(cfg: config.Config, source: str) -> list[str]:
-    """Rules spanning several keys. The [buyer] ranges are chosen so that each key stands
-    alone (the low-current point's range ends below the high-current point's), so none."""
-    return []
+    """Rules spanning several keys: exactly one way to reach the node. The [buyer] ranges
+    are chosen so that each key stands alone (the low-current point's range ends below
+    the high-current point's)."""
+    return lightning_problems(cfg["lightning"], source)
+
+
+def lightning_problems(section: dict[str, Any], source: str) -> list[str]:
+    """What is wrong with how a validated ``[lightning]`` section names the node, files unread."""
+    uri = section["lndconnect"]
+    separate = [key for key in ("host", "tls_cert", "macaroon") if section[key] is not None]
+    if uri is not None and separate:
+        return [f"{source}: lightning: give either lndconnect or host/tls_cert/macaroon, not both "
+                f"(found lndconnect and {', '.join(separate)})"]
+    if uri is not None:
+        try:
+            node.parse_lndconnect(uri)
+        except node.LndConnectError as exc:
+            return [f"{source}: lightning.lndconnect: {exc}"]
+        return []
+    problems = [f"{source}: lightning.{key}: missing (required unless lndconnect is given)"
+                for key in ("host", "macaroon") if section[key] is None]
+    host = section["host"]
+    if host is not None:
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            node.check_host(host)
+        except node.NodeAddressError as exc:
+            problems.append(f"{source}: lightning.host: {exc}")
+    return problems

@@ -157,6 +157,30 @@ class KnownHashes:
         return row is not None
 
 
+class SettledOrPendingHashes:
+    """``payment_hash in journal.settled_or_pending_hashes(max_attempts)``: must it never be sent again?
+
+    True while a payment to the hash is unresolved, once one succeeded, and after
+    ``max_attempts`` tries that all failed. The daemon's policy takes this rather than
+    :class:`KnownHashes`: a payment that definitely failed (LND never saw the request
+    because the daemon was killed first, or no route) moved no money, so the invoice may be
+    judged again in a later session as it may within its own, up to ``max_attempts`` tries.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, max_attempts: int):
+        self._conn = conn
+        self._max_attempts = max_attempts
+
+    def __contains__(self, payment_hash: object) -> bool:
+        if not isinstance(payment_hash, bytes):
+            return False
+        row = self._conn.execute(
+            "SELECT 1 FROM payments WHERE payment_hash = ? AND (state != ? OR attempts >= ?)",
+            (payment_hash.hex(), FAILED, self._max_attempts),
+        ).fetchone()
+        return row is not None
+
+
 class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -166,6 +190,9 @@ class Journal:
     @classmethod
     def in_dir(cls, state_dir: str | Path) -> Journal:
         return cls(Path(state_dir) / JOURNAL_FILE)
+
+    def settled_or_pending_hashes(self, max_attempts: int) -> SettledOrPendingHashes:
+        return SettledOrPendingHashes(self.conn, max_attempts)
 
     def close(self) -> None:
         self.conn.close()

@@ -22,7 +22,11 @@ class Clock:
         return _time.time()
 
     def from_frame_timestamp(self, timestamp: float) -> float:
-        """Map a received frame's own timestamp onto ``monotonic()``'s scale."""
+        """Map a frame's own timestamp (wall time, as python-can stamps it) onto the meters' axis.
+
+        Only differences on that axis mean anything; map "now" through here too when it is
+        compared with frame times.
+        """
         return timestamp
 
     async def sleep(self, seconds: float) -> None:
@@ -41,8 +45,7 @@ class ScaledClock(Clock):
         return self._real_start + (_time.monotonic() - self._real_start) * self.speed
 
     def from_frame_timestamp(self, timestamp: float) -> float:
-        # python-can stamps frames with wall time; place them on the scaled monotonic axis.
-        return self._real_start + (timestamp - self._wall_start) * self.speed
+        return self._wall_start + (timestamp - self._wall_start) * self.speed
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self.speed)

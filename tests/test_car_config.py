@@ -1,7 +1,9 @@
-"""The car's [buyer] section: exact limits from the file, and a precise line for every bad value."""
+"""The car's configuration: exact [buyer] limits, one way to reach the node, buses, relay, and a
+precise line for every bad value."""
 
 from __future__ import annotations
 
+import argparse
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from car import config as car_config
 from car.policy import BuyerPolicy, BuyerSettings, PrepayTolerance
-from distributedcharge import config
+from distributedcharge import config, config_cli
 
 EXAMPLE = Path(car_config.__file__).with_name("car.toml")
 NODE = "02" + "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"  # the secp256k1 generator
@@ -25,11 +27,84 @@ def problems(buyer: dict) -> list[str]:
     return caught.value.problems
 
 
-def test_the_example_file_is_valid_and_matches_the_defaults():
+def test_the_example_file_is_valid_and_matches_the_defaults_but_for_the_node_it_names():
     role, cfg = config.load(EXAMPLE, "car")
     assert role == "car"
-    assert cfg == load({})
+    defaults = load({})
+    assert {name: section for name, section in cfg.items() if name != "lightning"} == {
+        name: section for name, section in defaults.items() if name != "lightning"}
+    assert cfg.lightning == {**defaults.lightning, "host": "mynode.local", "tls_cert": "/etc/distributedcharge/tls.cert",
+                             "macaroon": "/etc/distributedcharge/car.macaroon"}
     assert cfg.state["dir"] == "/var/lib/distributedcharge-car"
+    assert (cfg.swcan["interface"], cfg.swcan["channel"], cfg.swcan["bitrate"]) == ("socketcan", "can0", 33_300)
+    assert cfg.vehicle_can == {"interface": "socketcan", "channel": "can1", "bitrate": 500_000}
+    assert car_config.relay_pin(cfg.relay) is None
+
+
+def test_config_check_passes_the_example_and_lists_every_problem_of_a_broken_copy(tmp_path, capsys):
+    assert config_cli.run(argparse.Namespace(action="check", file=str(EXAMPLE))) == 0
+    broken = tmp_path / "car.toml"
+    text = EXAMPLE.read_text()
+    for good, bad in [('network = "mainnet"', 'network = "lightning"'), ('channel = "can1"', "channel = 1"),
+                      ('gpio_pin = "none"', "gpio_pin = 40"), ("stale_after = 2.0", "stale_after = 0"),
+                      ('level = "info"', 'level = "loud"'), ("max_attempts = 3", "max_attemps = 3")]:
+        assert good in text
+        text = text.replace(good, bad, 1)
+    broken.write_text(text)
+    capsys.readouterr()
+    assert config_cli.run(argparse.Namespace(action="check", file=str(broken))) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{broken}: buyer.network: must be one of 'mainnet', 'testnet', 'signet', 'regtest', got 'lightning'",
+        f"{broken}: vehicle.stale_after: must be at least 0.1, got 0",
+        f"{broken}: vehicle_can.channel: must be a string, got 1",
+        f"{broken}: relay.gpio_pin: must be at most 27, got 40",
+        f"{broken}: log.level: must be one of 'debug', 'info', 'warning', 'error', got 'loud'",
+        f"{broken}: buyer.max_attemps: unknown key",
+    ]
+
+
+
+
+def lightning_problems(section: dict) -> list[str]:
+    cfg = config.validate({"lightning": section}, car_config.SCHEMA, "car.toml")
+    return car_config.cross_check(cfg, "car.toml")
+
+
+@pytest.mark.parametrize("section, expected", [
+    ({"host": "10.0.0.5", "macaroon": "/etc/car.macaroon"}, []),
+    ({"host": "[::1]", "macaroon": "/etc/car.macaroon", "tls_cert": "/etc/tls.cert"}, []),
+    ({}, ["car.toml: lightning.host: missing (required unless lndconnect is given)",
+          "car.toml: lightning.macaroon: missing (required unless lndconnect is given)"]),
+    ({"host": "bad host!", "macaroon": "/m"}, ["car.toml: lightning.host: host 'bad host!' is not a valid host name "
+                                               "or IP address"]),
+    ({"lndconnect": "lndconnect://node:10009?cert=abc", "macaroon": "/m", "host": "node"},
+     ["car.toml: lightning: give either lndconnect or host/tls_cert/macaroon, not both "
+      "(found lndconnect and host, macaroon)"]),
+    ({"lndconnect": "https://node:10009?macaroon=AgED"},
+     ["car.toml: lightning.lndconnect: not an lndconnect URI: it must start with 'lndconnect://'"]),
+    ({"lndconnect": "lndconnect://node:10009?cert=abc"},
+     ["car.toml: lightning.lndconnect: lndconnect URI has no macaroon parameter"]),
+])
+def test_the_node_is_reached_exactly_one_way(section, expected):
+    assert lightning_problems(section) == expected
+
+
+@pytest.mark.parametrize("value, pin", [("none", None), (0, None), (16, 16), (27, 27)])
+def test_the_relay_pin_is_a_gpio_number_or_none(value, pin):
+    cfg = config.validate({"relay": {"gpio_pin": value}}, car_config.SCHEMA, "car.toml")
+    assert car_config.relay_pin(cfg.relay) == pin
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("GPIO16", "must be a GPIO number or 'none', got 'GPIO16'"),
+    (-1, "must be at least 0, got -1"),
+    (28, "must be at most 27, got 28"),
+    (True, "must be an integer or a string, got True"),
+])
+def test_a_bad_relay_pin_gets_one_precise_line(value, expected):
+    with pytest.raises(config.ConfigError) as caught:
+        config.validate({"relay": {"gpio_pin": value}}, car_config.SCHEMA, "car.toml")
+    assert caught.value.problems == [f"car.toml: relay.gpio_pin: {expected}"]
 
 
 def test_defaults_give_the_original_cars_limits_in_exact_units():
