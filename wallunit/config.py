@@ -1,9 +1,12 @@
-"""Wall-unit configuration: the seller's terms, manual pay, plug detection, metering, state.
+"""Wall-unit configuration: the seller's terms, manual pay, plug detection, metering, state,
+and the devices and node the daemon talks to ([lightning], [swcan], [twc], [adc], [relay], [log]).
 
 ``SCHEMA`` covers what each key may hold on its own; :func:`cross_check` covers what
-keys say together (a fixed rate *or* a schedule, thresholds in the right order), and
-:func:`wall_settings` builds the objects the policy runs on, raising ``ConfigError``
-with every problem at once.
+keys say together (a fixed rate *or* a schedule, thresholds in the right order, one way
+to reach the node, ADC windows that do not overlap), and :func:`wall_settings` builds the
+objects the policy runs on, raising ``ConfigError`` with every problem at once. Nothing
+here opens a file or a device: a missing macaroon is the daemon's start-up refusal, so
+``config check`` passes on a machine that is not the wall unit.
 
 Thresholds are written in "payments" (multiples of the energy one payment buys) and
 read exactly: 1.8 in the file is the fraction 9/5, not a binary float.
@@ -18,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from distributedcharge.config import Config, ConfigError, Field, between, one_of
+from distributedcharge.daemon import LOG_FIELDS
+from distributedcharge.lightning.node import LIGHTNING_FIELDS, NodeAddressError, address_from_config, check_host
+from distributedcharge.swcan.adapter import SWCAN_FIELDS
+from distributedcharge.twc.serial_port import TWC_FIELDS, settings_from_config
 from distributedcharge.units import wh_to_nj
 
 from .manual import ManualSettings
@@ -85,6 +92,8 @@ SELLER_FIELDS = [
     Field("manual.cltv_expiry", int, 144, between(40, 2016), "CLTV expiry of the deposit's hold invoice, blocks"),
     Field("manual.reserve_blocks", int, 25, between(6, 2000),
           "settle the deposit at the latest this many blocks before its HTLC would expire"),
+    Field("manual.block_time_s", int, 600, between(1, 3600),
+          "average block interval of the node's chain, which times the deposit's HTLC (600 on mainnet)"),
     Field("manual.invoice_expiry_s", int, 600, between(60, 86400), "lifetime of an unpaid deposit invoice"),
     Field("manual.qr_png", str, "manual-pay.png", None, "PNG of the current manual-pay QR code, relative to state.dir"),
 ]
@@ -93,7 +102,27 @@ PLUG_FIELDS = [
     Field("plug.stable_s", (int, float), 3.0, between(0, 60), "a plug must read steadily this long (v1: 3 s)"),
     Field("plug.after_unplug_s", (int, float), 15.0, between(0, 300), "no new plug-in this soon after an unplug"),
     Field("plug.unplug_confirm_s", (int, float), 5.0, between(0, 60), "an unplug must read steadily this long"),
-    Field("plug.use_adc", bool, False, None, "also require the pilot/proximity ADC to see the cable"),
+]
+
+ADC_FIELDS = [
+    Field("adc.enabled", bool, False, None,
+          "confirm the cable with the pilot/proximity voltage on an MCP3008 (needs the pi extra); "
+          "a plug-in then needs the TWC and the ADC to agree, and only the ADC can report an unplug"),
+    Field("adc.spi_device", int, 0, one_of(0, 1), "SPI chip select of the MCP3008 (CE0 or CE1)"),
+    Field("adc.channel", int, 0, between(0, 7), "MCP3008 input the pilot/proximity divider feeds"),
+    Field("adc.plugged_min", int, 0, between(0, 1023), "lowest raw reading (0-1023) that means a cable is in"),
+    Field("adc.plugged_max", int, 511, between(0, 1023), "highest raw reading that means a cable is in"),
+    Field("adc.unplugged_min", int, 768, between(0, 1023), "lowest raw reading that means no cable"),
+    Field("adc.unplugged_max", int, 1023, between(0, 1023),
+          "highest raw reading that means no cable; readings in neither window say nothing"),
+    Field("adc.poll_s", (int, float), 0.2, between(0.05, 5), "seconds between ADC readings"),
+]
+
+RELAY_FIELDS = [
+    Field("relay.enabled", bool, False, None,
+          "switch the SWCAN line onto the charge cable with a relay once a plug-in is confirmed (needs the pi extra)"),
+    Field("relay.gpio", int, 16, between(0, 27), "BCM number of the relay's GPIO pin (16 on the original boards)"),
+    Field("relay.active_high", bool, True, None, "false when the relay board energises on a low pin"),
 ]
 
 METER_FIELDS = [
@@ -107,7 +136,8 @@ STATE_FIELDS = [
     Field("state.dir", str, "/var/lib/distributedcharge-wallunit", None, "ledger and QR files"),
 ]
 
-SCHEMA = SELLER_FIELDS + PLUG_FIELDS + METER_FIELDS + STATE_FIELDS
+SCHEMA = (SELLER_FIELDS + PLUG_FIELDS + METER_FIELDS + STATE_FIELDS + LIGHTNING_FIELDS + SWCAN_FIELDS
+          + TWC_FIELDS + ADC_FIELDS + RELAY_FIELDS + LOG_FIELDS)
 
 
 def cross_check(config: Config, source: str) -> list[str]:
@@ -132,6 +162,43 @@ def cross_check(config: Config, source: str) -> list[str]:
         )
     if manual["reserve_blocks"] >= manual["cltv_expiry"]:
         problems.append(f"{source}: manual.reserve_blocks: must be less than manual.cltv_expiry")
+    problems += _lightning_problems(config["lightning"], source)
+    problems += _adc_problems(config["adc"], source)
+    try:
+        settings_from_config(config["twc"], source)
+    except ConfigError as exc:
+        problems += exc.problems
+    return problems
+
+
+def _lightning_problems(section: dict[str, Any], source: str) -> list[str]:
+    """One way to reach the node, well formed; the files it names are read when the daemon starts."""
+    if section["lndconnect"] is not None:
+        try:
+            address_from_config(section, source)
+        except ConfigError as exc:
+            return exc.problems
+        return []
+    problems = [
+        f"{source}: lightning.{key}: missing (required unless lndconnect is given)"
+        for key in ("host", "macaroon") if section[key] is None
+    ]
+    if section["host"] is not None:
+        try:
+            check_host(section["host"].removeprefix("[").removesuffix("]"))
+        except NodeAddressError as exc:
+            problems.append(f"{source}: lightning.host: {exc}")
+    return problems
+
+
+def _adc_problems(adc: dict[str, Any], source: str) -> list[str]:
+    problems = []
+    for window in ("plugged", "unplugged"):
+        if adc[f"{window}_min"] > adc[f"{window}_max"]:
+            problems.append(f"{source}: adc.{window}_min: must not be above adc.{window}_max")
+    if not problems and (adc["plugged_min"] <= adc["unplugged_max"] and adc["unplugged_min"] <= adc["plugged_max"]):
+        problems.append(f"{source}: adc.plugged_min: the plugged and unplugged windows overlap, so one reading "
+                        "would mean both")
     return problems
 
 
@@ -141,6 +208,7 @@ class WallSettings:
     tariff: Tariff
     plug: PlugTiming
     use_adc: bool
+    relay: bool
     state_dir: Path
     nominal_voltage_v: int
     max_gap_s: Fraction
@@ -167,7 +235,8 @@ def wall_settings(config: Config, source: str) -> WallSettings:
         tariff = Tariff.fixed(seller["rate_sat_per_kwh"] * 1000, timezone)
     manual_settings = ManualSettings(
         deposit_kwh=manual["deposit_kwh"], cltv_expiry=manual["cltv_expiry"],
-        reserve_blocks=manual["reserve_blocks"], invoice_expiry_s=manual["invoice_expiry_s"],
+        reserve_blocks=manual["reserve_blocks"], block_time_s=manual["block_time_s"],
+        invoice_expiry_s=manual["invoice_expiry_s"],
     ) if manual["enabled"] else None
     state_dir = Path(config["state"]["dir"])
     return WallSettings(
@@ -182,7 +251,8 @@ def wall_settings(config: Config, source: str) -> WallSettings:
         ),
         tariff=tariff,
         plug=PlugTiming(float(plug["stable_s"]), float(plug["after_unplug_s"]), float(plug["unplug_confirm_s"])),
-        use_adc=plug["use_adc"],
+        use_adc=config["adc"]["enabled"],
+        relay=config["relay"]["enabled"],
         state_dir=state_dir,
         nominal_voltage_v=meter["nominal_voltage_v"],
         max_gap_s=_exact(meter["max_gap_s"]),

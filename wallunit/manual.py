@@ -40,6 +40,11 @@ from .actions import (
 )
 
 
+# A final invoice shown with less time than this left before the deadline could not be paid
+# in time, so the deposit is settled instead.
+MIN_FINAL_WINDOW = timedelta(seconds=60)
+
+
 def format_kwh(nj: int | Fraction) -> str:
     """Energy for people to read, rounded to the Wh."""
     wh = round(Fraction(nj) * 1000 / NJ_PER_KWH)
@@ -265,7 +270,9 @@ class ManualPay:
 
     @property
     def _final_window(self) -> timedelta:
-        return timedelta(seconds=self.settings.invoice_expiry_s)
+        # Billing a car still plugged in must leave the final invoice its minimum even when the
+        # tick that bills comes a little late; with a window equal to the minimum it never would.
+        return max(timedelta(seconds=self.settings.invoice_expiry_s), 2 * MIN_FINAL_WINDOW)
 
     def _request(self, action: SettleInvoice | CancelInvoice) -> list[Action]:
         self._unconfirmed[action.r_hash] = action
@@ -320,7 +327,7 @@ class ManualPay:
             return self._request(CancelInvoice(self._deposit.r_hash, "no energy used; deposit returned"))
         if amount >= self._deposit.amount_msat:
             return self._settle_deposit("energy used is worth the whole deposit")
-        if self.deadline - now < timedelta(seconds=60):
+        if self.deadline - now < MIN_FINAL_WINDOW:
             return self._settle_deposit("too close to the deposit's deadline for a final invoice")
         return self._create_final(now, amount)
 

@@ -27,7 +27,8 @@ Power: ``CutPower`` is answered with ``stop_confirmed`` or ``stop_failed`` (the 
 master's StopResult, which it confirms by the measured current); a failed stop is asked
 again every ``retry_s``. ``ResumePower`` needs no answer. While the Lightning node is
 unreachable nothing can be invoiced or seen paid, so power is cut and comes back with
-the node.
+the node. Between sessions the TWC stays off: an unplug cuts power and the next plug-in
+turns it back on.
 
 If the car never answers the offer within ``offer_timeout_s`` and manual pay is on, the
 session becomes a manual-pay sale (see :mod:`wallunit.manual`).
@@ -191,6 +192,10 @@ class SellerPolicy:
             actions += s.manual.unplugged(now)
             if not s.manual.finished:
                 self._manual_tails.append(s.manual)
+        if self.power is Power.ON:
+            # A TWC left on would hand the next car energy before its session (and bill) starts.
+            self.power, self._power_retry_at = Power.CUTTING, None
+            actions.append(CutPower("car unplugged"))
         actions.append(
             SessionEnded(s.session_id, s.delivered_nj, s.paid_msat, math.ceil(self.exposure_msat),
                          math.ceil(s.max_exposure_msat))
