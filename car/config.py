@@ -192,30 +192,4 @@ def cross_check(cfg: config.Config, source: str) -> list[str]:
     """Rules spanning several keys: exactly one way to reach the node. The [buyer] ranges
     are chosen so that each key stands alone (the low-current point's range ends below
     the high-current point's)."""
-    return lightning_problems(cfg["lightning"], source)
-
-
-def lightning_problems(section: dict[str, Any], source: str) -> list[str]:
-    """What is wrong with how a validated ``[lightning]`` section names the node, files unread."""
-    uri = section["lndconnect"]
-    separate = [key for key in ("host", "tls_cert", "macaroon") if section[key] is not None]
-    if uri is not None and separate:
-        return [f"{source}: lightning: give either lndconnect or host/tls_cert/macaroon, not both "
-                f"(found lndconnect and {', '.join(separate)})"]
-    if uri is not None:
-        try:
-            node.parse_lndconnect(uri)
-        except node.LndConnectError as exc:
-            return [f"{source}: lightning.lndconnect: {exc}"]
-        return []
-    problems = [f"{source}: lightning.{key}: missing (required unless lndconnect is given)"
-                for key in ("host", "macaroon") if section[key] is None]
-    host = section["host"]
-    if host is not None:
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        try:
-            node.check_host(host)
-        except node.NodeAddressError as exc:
-            problems.append(f"{source}: lightning.host: {exc}")
-    return problems
+    return node.config_problems(cfg["lightning"], source)

@@ -22,7 +22,7 @@ from typing import Any
 
 from distributedcharge.config import Config, ConfigError, Field, between, one_of
 from distributedcharge.daemon import LOG_FIELDS
-from distributedcharge.lightning.node import LIGHTNING_FIELDS, NodeAddressError, address_from_config, check_host
+from distributedcharge.lightning.node import LIGHTNING_FIELDS, config_problems
 from distributedcharge.swcan.adapter import SWCAN_FIELDS
 from distributedcharge.twc.serial_port import TWC_FIELDS, settings_from_config
 from distributedcharge.units import wh_to_nj
@@ -162,32 +162,12 @@ def cross_check(config: Config, source: str) -> list[str]:
         )
     if manual["reserve_blocks"] >= manual["cltv_expiry"]:
         problems.append(f"{source}: manual.reserve_blocks: must be less than manual.cltv_expiry")
-    problems += _lightning_problems(config["lightning"], source)
+    problems += config_problems(config["lightning"], source)
     problems += _adc_problems(config["adc"], source)
     try:
         settings_from_config(config["twc"], source)
     except ConfigError as exc:
         problems += exc.problems
-    return problems
-
-
-def _lightning_problems(section: dict[str, Any], source: str) -> list[str]:
-    """One way to reach the node, well formed; the files it names are read when the daemon starts."""
-    if section["lndconnect"] is not None:
-        try:
-            address_from_config(section, source)
-        except ConfigError as exc:
-            return exc.problems
-        return []
-    problems = [
-        f"{source}: lightning.{key}: missing (required unless lndconnect is given)"
-        for key in ("host", "macaroon") if section[key] is None
-    ]
-    if section["host"] is not None:
-        try:
-            check_host(section["host"].removeprefix("[").removesuffix("]"))
-        except NodeAddressError as exc:
-            problems.append(f"{source}: lightning.host: {exc}")
     return problems
 
 

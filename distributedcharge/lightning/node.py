@@ -313,3 +313,26 @@ def _address_from_separate_keys(section: dict[str, Any], source: str) -> NodeAdd
     if problems:
         raise config.ConfigError(problems)
     return NodeAddress(values["host"], values["port"], values["tls_cert"], values["macaroon"])
+
+
+def config_problems(section: dict[str, Any], source: str) -> list[str]:
+    """What is wrong with how a validated ``[lightning]`` section names the node, files unread."""
+    uri = section["lndconnect"]
+    separate = [key for key in ("host", "tls_cert", "macaroon") if section[key] is not None]
+    if uri is not None and separate:
+        return [f"{source}: lightning: give either lndconnect or host/tls_cert/macaroon, not both "
+                f"(found lndconnect and {', '.join(separate)})"]
+    if uri is not None:
+        try:
+            parse_lndconnect(uri)
+        except LndConnectError as exc:
+            return [f"{source}: lightning.lndconnect: {exc}"]
+        return []
+    problems = [f"{source}: lightning.{key}: missing (required unless lndconnect is given)"
+                for key in ("host", "macaroon") if section[key] is None]
+    if section["host"] is not None:
+        try:
+            check_host(_unbracket(section["host"]))
+        except NodeAddressError as exc:
+            problems.append(f"{source}: lightning.host: {exc}")
+    return problems
