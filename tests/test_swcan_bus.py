@@ -229,9 +229,29 @@ def test_hostile_traffic_is_dropped_and_the_session_still_completes(logs: list[d
         notifier.stop()
         attacker.shutdown()
     refusals = [entry for entry in logs if entry["event"] == "swcan input dropped"]
-    assert {entry["log_level"] for entry in refusals} == {"warning"} and len(refusals) == 7
+    assert {entry["log_level"] for entry in refusals} == {"warning"}
+    # Seven drops, but one log line per kind of input within the interval.
+    assert sorted(str(entry["can_id"]) for entry in refusals) == sorted(map(str, {m.OFFER_ID, m.V2_OFFER_ID, None}))
     assert {"reason": "offer frame 1998: DLC 3, expected 8", "can_id": m.OFFER_ID, "data": "010203"}.items() \
         <= refusals[0].items()
+
+
+def test_a_flooding_peer_cannot_flood_the_log(logs: list[dict]) -> None:
+    channel = uuid.uuid4().hex
+    attacker = virtual_bus(channel)
+
+    async def main() -> int:
+        async with ports(virtual_bus(channel), virtual_bus(channel), wall_v2=True, car_v2=True) as (_, car):
+            for _ in range(500):
+                attacker.send(can.Message(arbitration_id=m.OFFER_ID, data=b"\x01", is_extended_id=False))
+            return len([await next_event(car) for _ in range(500)])
+
+    try:
+        assert asyncio.run(main()) == 500
+    finally:
+        attacker.shutdown()
+    refusals = [entry for entry in logs if entry["event"] == "swcan input dropped"]
+    assert len(refusals) == 1 and refusals[0]["suppressed"] == 0
 
 
 def test_an_invoice_nobody_receives_is_reported_as_a_failed_transfer() -> None:
@@ -307,3 +327,14 @@ def test_swcan_config_section_defaults_and_checks() -> None:
         "car.toml: swcan.stmin: must be 0-127 (ms) or 241-249 (100-900 us), got 200",
         "car.toml: swcan.blocksize: must be at least 0, got -1",
     ]
+
+
+def test_after_the_interval_the_next_line_says_how_many_were_left_out(logs: list[dict]) -> None:
+    from distributedcharge.swcan.adapter import _DropLog
+
+    drop_log = _DropLog(interval_s=10.0)
+    garbage = Dropped("offer frame 1998: DLC 1, expected 8", m.OFFER_ID, b"\x01", "warning")
+    for second in range(12):
+        drop_log(garbage, now=float(second))
+    lines = [entry for entry in logs if entry["event"] == "swcan input dropped"]
+    assert [entry["suppressed"] for entry in lines] == [0, 9]

@@ -46,6 +46,26 @@ PROTOCOL_IDS = (msg.ISOTP_CAR_TX_ID, msg.ISOTP_WALL_TX_ID, msg.OFFER_ID, msg.ANS
 # After a failed bus read python-can retries at once; this keeps a dead interface from spinning.
 BUS_ERROR_BACKOFF_S = 0.5
 PAYLOAD_POLL_S = 0.1
+# A peer flooding the bus with garbage must not flood the journal too: one line per kind
+# of drop per interval, with the count of those left out.
+DROP_LOG_INTERVAL_S = 10.0
+
+
+class _DropLog:
+    def __init__(self, interval_s: float = DROP_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, int | None], float] = {}
+        self._suppressed: dict[tuple[str, int | None], int] = {}
+
+    def __call__(self, event: Dropped, now: float) -> None:
+        key = (event.level, event.can_id)
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        getattr(_log, event.level)("swcan input dropped", reason=event.reason, can_id=event.can_id,
+                                   data=event.data[:16].hex(), suppressed=self._suppressed.pop(key, 0))
 
 Link = WallLink | CarLink
 T = TypeVar("T")
@@ -151,6 +171,7 @@ class SwcanPort:
         self._notifier = notifier
         self._stack: _GuardedStack | None = None
         self._listener = _BusListener(self)
+        self._drop_log = _DropLog()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outgoing: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -272,8 +293,7 @@ class SwcanPort:
             self._outgoing.put_nowait(payload)
         while (event := self.link.next_event()) is not None:
             if isinstance(event, Dropped):
-                getattr(_log, event.level)("swcan input dropped", reason=event.reason, can_id=event.can_id,
-                                           data=event.data[:16].hex())
+                self._drop_log(event, self.now())
                 if event.level == "debug":
                     continue
             self.events.put_nowait(event)
