@@ -31,6 +31,7 @@ from distributedcharge.daemon import Daemon
 from distributedcharge.lightning import macaroons
 from distributedcharge.lightning.node import NodeAddress
 from distributedcharge.sim.plant_runner import PlantRunner, PlantStatus, build_runner
+from distributedcharge.sim import stage
 from distributedcharge.sim.stage import (
     CAR_NODE, CAR_PERMISSIONS, WALL_NODE, WALL_PERMISSIONS, Bus, Buses, Layout, Terms, write_car_config,
     write_wall_config,
@@ -92,7 +93,8 @@ class InProcessWorld:
         log.configure("info", stream=self._log_stream, json=True)
         # python-can, can-isotp and grpc log through the standard library.
         logging.basicConfig(stream=self._log_stream, level=logging.WARNING, force=True)
-        self.simnet = Simnet(self.layout.simnet_dir, control_socket=False)
+        self.simnet = Simnet(self.layout.simnet_dir, control_socket=False,
+                             fee_base_msat=stage.ROUTING_FEE_BASE_MSAT, fee_ppm=stage.ROUTING_FEE_PPM)
         await self.simnet.start()
         self._bake(CAR_NODE, CAR_PERMISSIONS, self.layout.car_macaroon)
         self._bake(WALL_NODE, WALL_PERMISSIONS, self.layout.wall_macaroon)

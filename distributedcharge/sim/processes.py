@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from distributedcharge.sim.plant_runner import PlantStatus
+from distributedcharge.sim import stage
 from distributedcharge.sim.stage import (
     CAR_NODE, CAR_PERMISSIONS, WALL_NODE, WALL_PERMISSIONS, Bus, Buses, Layout, Terms, write_car_config,
     write_wall_config,
@@ -147,6 +148,8 @@ class ProcessWorld:
 
     def _start_simnet(self) -> None:
         child = self._spawn("simnet", self._cli("simnet", "--state-dir", str(self.layout.simnet_dir),
+                                                "--fee-base-msat", str(stage.ROUTING_FEE_BASE_MSAT),
+                                                "--fee-ppm", str(stage.ROUTING_FEE_PPM),
                                                 "--log-level", "info"), stdout=subprocess.PIPE)
         assert child.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT_S

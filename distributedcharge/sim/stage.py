@@ -23,6 +23,10 @@ WALL_PERMISSIONS = (("invoices", "read"), ("invoices", "write"))
 CAR_NODE = "car"
 WALL_NODE = "wall"
 CAR_CHANNEL_SAT = 1_000_000
+# A car paying every 25 Wh would route over a low-fee path: lnd's default base fee of
+# 1 sat would be a third of each 3-sat step.
+ROUTING_FEE_BASE_MSAT = 0
+ROUTING_FEE_PPM = 1_000
 # The plant's Wall Connector: 48 A on 230 V is the 11 kW of a Model 3's onboard charger.
 TWC_AMPS = 48
 
