@@ -46,19 +46,19 @@ PROTOCOL_IDS = (msg.ISOTP_CAR_TX_ID, msg.ISOTP_WALL_TX_ID, msg.OFFER_ID, msg.ANS
 # After a failed bus read python-can retries at once; this keeps a dead interface from spinning.
 BUS_ERROR_BACKOFF_S = 0.5
 PAYLOAD_POLL_S = 0.1
-# A peer flooding the bus with garbage must not flood the journal too: one line per kind
-# of drop per interval, with the count of those left out.
+# A peer flooding the bus with garbage must not flood the journal too: each distinct
+# refusal is logged once per interval, with the count of its repeats left out.
 DROP_LOG_INTERVAL_S = 10.0
 
 
 class _DropLog:
     def __init__(self, interval_s: float = DROP_LOG_INTERVAL_S) -> None:
         self.interval_s = interval_s
-        self._last: dict[tuple[str, int | None], float] = {}
-        self._suppressed: dict[tuple[str, int | None], int] = {}
+        self._last: dict[tuple[str, int | None, str], float] = {}
+        self._suppressed: dict[tuple[str, int | None, str], int] = {}
 
     def __call__(self, event: Dropped, now: float) -> None:
-        key = (event.level, event.can_id)
+        key = (event.level, event.can_id, event.reason)
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
