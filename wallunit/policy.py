@@ -119,13 +119,25 @@ class _Session:
     max_exposure_msat: Fraction = Fraction(0)
     invoices: dict[str, _Invoice] = field(default_factory=dict)
     by_hash: dict[bytes, _Invoice] = field(default_factory=dict)
+    # The invoices still being created or open, in the order issued: every meter reading and
+    # tick looks at them, so they are kept apart from the session's thousands of others.
+    pending: dict[str, _Invoice] = field(default_factory=dict)
     count: int = 0
     invoice_retry_at: datetime | None = None
     manual: ManualPay | None = None
 
     @property
     def outstanding(self) -> _Invoice | None:
-        return next((i for i in self.invoices.values() if i.state in ("creating", "open")), None)
+        return next(iter(self.pending.values()), None)
+
+    def add(self, invoice: _Invoice) -> None:
+        self.invoices[invoice.ref] = invoice
+        self.pending[invoice.ref] = invoice
+
+    def close(self, invoice: _Invoice, state: str) -> None:
+        """Mark ``invoice`` settled or canceled: it is no longer outstanding."""
+        invoice.state = state
+        self.pending.pop(invoice.ref, None)
 
 
 class SellerPolicy:
@@ -182,10 +194,10 @@ class SellerPolicy:
         if s is None:
             return [Ignored("unplug reported with no session open")]
         actions: list[Action] = []
-        for invoice in s.invoices.values():
+        for invoice in list(s.pending.values()):
             if invoice.state == "open":
                 actions.append(CancelInvoice(invoice.r_hash, "car unplugged before paying"))
-                invoice.state = "canceled"
+                s.close(invoice, "canceled")
             elif invoice.state == "creating":
                 self._late_refs.add(invoice.ref)
         if s.manual is not None:
@@ -274,7 +286,7 @@ class SellerPolicy:
         invoice = s.invoices.get(ref) if s else None
         if invoice is None or invoice.state != "creating":
             return [Ignored(f"failure reported for unknown invoice {ref}")]
-        invoice.state = "canceled"
+        s.close(invoice, "canceled")
         s.invoice_retry_at = now + timedelta(seconds=self.settings.retry_s)
         return [Ignored(f"creating invoice {ref} failed ({reason}); retrying")]
 
@@ -290,7 +302,7 @@ class SellerPolicy:
             return [Ignored(f"settlement for an invoice not in this session: {r_hash.hex()}")]
         if invoice.state == "settled":
             return []
-        invoice.state = "settled"
+        s.close(invoice, "settled")
         s.paid_msat += amt_paid_msat
         # An honest node never settles below the amount; if it ever does, credit only what came in.
         s.paid_energy_nj += invoice.energy_nj * min(Fraction(1), Fraction(amt_paid_msat, invoice.amount_msat))
@@ -304,7 +316,7 @@ class SellerPolicy:
         invoice = s.by_hash.get(r_hash) if s else None
         if invoice is None or invoice.state == "settled":
             return []
-        invoice.state = "canceled"
+        s.close(invoice, "canceled")
         return self._after(now)
 
     def invoice_accepted(self, now: datetime, r_hash: bytes, amt_paid_msat: int) -> list[Action]:
@@ -355,9 +367,9 @@ class SellerPolicy:
             actions += self._check_offer(now, s)
             if s.manual is not None:
                 actions += s.manual.tick(now)
-            for invoice in s.invoices.values():
+            for invoice in list(s.pending.values()):
                 if invoice.state == "open" and now >= invoice.expires_at:
-                    invoice.state = "canceled"
+                    s.close(invoice, "canceled")
                     actions.append(CancelInvoice(invoice.r_hash, "invoice expired unpaid"))
         return actions + self._after(now)
 
@@ -417,7 +429,7 @@ class SellerPolicy:
         energy = energy_per_payment(offer)
         ref = f"{s.session_id}.{s.count}"
         invoice = _Invoice(ref, offer.payment_msat, energy)
-        s.invoices[ref] = invoice
+        s.add(invoice)
         memo = (
             f"DistributedCharge {format_kwh(energy)} kWh at "
             f"{format_msat(offer.rate_msat_per_kwh)}/kWh, session {s.session_id} payment {s.count}"
