@@ -13,7 +13,9 @@ This module only wires; every decision is made by a sans-IO core:
 A session follows the plug: it starts when the car reports the plug latched and ends
 when the car reports it unlatched or gone (or its bus stays silent for
 :data:`PLUG_UNKNOWN_GRACE_S`); the link, the accepted offer and the invoice queue end with
-it, and the journal keeps both meters' energy. An invoice that is not yet due stays at
+it, and the journal keeps both meters' energy. A daemon that died mid-session and comes back with
+the plug still latched (within :data:`RESUME_WITHIN_S`) carries the session on from the
+journal: acceptance, payee, payments and meter. An invoice that is not yet due stays at
 the head of the queue and is judged again once the meter has moved. While LND cannot be
 reached the daemon keeps metering and answering offers, invoices wait in the queue, and
 it retries with backoff; a payment whose outcome is unknown blocks the next one until
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import sqlite3
 import time
 from collections import deque
@@ -36,9 +39,11 @@ from typing import Any, Callable
 import can
 
 from car import config as car_config
-from car.journal import Journal
+from car import journal as car_journal
+from car import policy as car_policy
+from car.journal import Journal, OpenSession
 from car.payer import FAILED, REFUSED, SUCCEEDED, UNRESOLVED, PaymentOutcome, Payer
-from car.policy import Accept, BuyerPolicy, NotYetDue, Pay, Refuse
+from car.policy import Accept, BuyerPolicy, NotYetDue, Pay, Refuse, SessionPayment, Terms, wh_bought
 from car.relay import RelayError, SwcanRelay
 from distributedcharge import config, daemon, log
 from distributedcharge.clock import Clock
@@ -48,6 +53,7 @@ from distributedcharge.lightning.client import LndClient
 from distributedcharge.lightning.node import NodeAddress, address_from_config
 from distributedcharge.swcan import messages as msg
 from distributedcharge.swcan.adapter import SwcanPort, TransferFailed, open_port
+from distributedcharge.swcan.errors import LinkStateError
 from distributedcharge.swcan.link import Dropped, InvoiceReceived, OfferReceived
 from distributedcharge.vehicle import config as vehicle_config
 from distributedcharge.vehicle.reader import LayoutDetected, Malformed, vehicle_can_filters
@@ -60,6 +66,10 @@ MALFORMED_LOG_EVERY_S = 10.0
 # A silent vehicle bus says nothing about the plug; a brief silence must not end a session
 # the wall would then never offer again.
 PLUG_UNKNOWN_GRACE_S = 10.0
+# A daemon restarted within this long of its last journal entry, with the plug still
+# latched, carries the session on (the wall is still selling and will not offer again).
+# Longer, and the cable may have come out and gone into another wall meanwhile.
+RESUME_WITHIN_S = 60.0
 # A wall keeps one invoice outstanding (two around a tariff change); more is a flood.
 MAX_QUEUED_INVOICES = 16
 RETRY_FIRST_S = 1.0
@@ -78,6 +88,7 @@ class _QueuedInvoice:
     bolt11: str
     bound_offer: msg.Offer | None  # v2: the offer the wall bound it to; v1: the session's offer
     wall_energy_nj: int | None
+    wall_session_id: int | None = None
     noted_not_yet_due: bool = False
 
 
@@ -147,6 +158,7 @@ class CarDaemon:
         self.invoices: deque[_QueuedInvoice] = deque()
         self._notifier: can.Notifier | None = None
         self._offer_before_plug_in: OfferReceived | None = None
+        self._resumable: OpenSession | None = None
         self._wake = asyncio.Event()
         self._held_at_nj: int | None = None
         self._plug_unknown_since: float | None = None
@@ -234,7 +246,9 @@ class CarDaemon:
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"state.dir {state_dir}: cannot open the payment journal: {exc}") from None
         try:
-            abandoned = journal.close_abandoned_sessions(self.clock.time())
+            self._resumable = journal.open_session(self.clock.time(), RESUME_WITHIN_S)
+            keep = self._resumable.id if self._resumable else None
+            abandoned = journal.close_abandoned_sessions(self.clock.time(), keep=keep)
         except sqlite3.Error as exc:
             journal.close()
             raise StartupError(f"state.dir {state_dir}: cannot write the payment journal: {exc}") from None
@@ -336,9 +350,14 @@ class CarDaemon:
         if self.vehicle.plug_latched:
             self._plug_unknown_since = None
             if self.session is None:
-                self._begin_session()
+                if self._resumable is not None:
+                    self._resume_session(self._resumable)
+                else:
+                    self._begin_session()
             return
         if self.session is None:
+            if self._resumable is not None and self.vehicle.pilot_current_da is not None:
+                self._close_resumable("unplugged while the daemon was down")
             return
         # pilot_current_da is None exactly when the car's charge-port status is stale.
         if self.vehicle.pilot_current_da is not None:
@@ -371,6 +390,62 @@ class CarDaemon:
         if waiting is not None:
             self._answer_offer(waiting)
 
+    def _resume_session(self, record: OpenSession) -> None:
+        """Carry on the session the journal left open: plug, acceptance, payments and meter.
+
+        Energy that flowed while the daemon was down went unmetered: the car then counts
+        less received than the wall and pays later, never sooner.
+        """
+        assert self.journal is not None and self.policy is not None and self.port is not None
+        self._resumable = None
+        # Read again: reconciliation at start may have settled its payments since.
+        try:
+            fresh = self.journal.open_session(self.clock.time(), math.inf)
+        except sqlite3.Error as exc:
+            self.log.error("cannot read the earlier session; will retry", error=str(exc))
+            self._resumable = record
+            return
+        if fresh is None or fresh.id != record.id:
+            self._begin_session()
+            return
+        record = fresh
+        accepted = record.accepted_offers[-1] if record.accepted_offers else None
+        if accepted is not None:
+            offer = msg.Offer(accepted.rate_msat_per_kwh, accepted.payment_msat)
+            try:
+                self.port.apply(lambda link, _: link.resume(
+                    offer, accepted.protocol_version, accepted.wall_session_id, accepted.offer_number))
+            except (LinkStateError, ValueError, TypeError) as exc:
+                self.log.warning("cannot take up the earlier session's acceptance; starting afresh",
+                                 session=record.id, reason=str(exc))
+                self._close_resumable("daemon stopped during the session")
+                self._begin_session()
+                return
+        self.policy.resume_session(
+            record.started_at, _distinct_in_order(Terms(o.rate_msat_per_kwh, o.payment_msat)
+                                                  for o in record.accepted_offers),
+            record.payee, _session_payments(record))
+        self.session = _Session(record.id, self.meter.energy_nj - record.car_energy_nj, record.wall_energy_nj,
+                                record.protocol_version, payee_recorded=record.payee is not None,
+                                energy_recorded_at=self.clock.monotonic())
+        self.invoices = deque(
+            _QueuedInvoice(w.bolt11, msg.Offer(*w.terms) if w.terms else None, w.wall_energy_nj,
+                           wall_session_id=w.wall_session_id, noted_not_yet_due=True)
+            for w in record.waiting)
+        self._held_at_nj = None
+        self._backoff.reset()
+        self.log.info("plug still latched: session resumed", session=record.id,
+                      accepted=accepted is not None, car_energy_nj=record.car_energy_nj,
+                      invoices_waiting=len(self.invoices))
+        self._wake.set()
+
+    def _close_resumable(self, reason: str) -> None:
+        assert self.journal is not None
+        record, self._resumable = self._resumable, None
+        if record is not None:
+            self._journal_write(self.journal.end_session, record.id, self.clock.time(), reason)
+            self.log.info("earlier session closed", session=record.id, reason=reason)
+
     async def _end_session(self, reason: str) -> None:
         assert self.journal is not None and self.policy is not None and self.port is not None
         session, self.session = self.session, None
@@ -393,7 +468,8 @@ class CarDaemon:
 
     def _record_energy(self, session: _Session) -> None:
         assert self.journal is not None
-        self.journal.update_energy(session.journal_id, self._energy_nj(session), session.wall_energy_nj)
+        self.journal.update_energy(session.journal_id, self._energy_nj(session), session.wall_energy_nj,
+                                   now=self.clock.time())
 
     def _journal_write(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         # The records matter, but a full disk must not stop the meter or the refusals;
@@ -436,12 +512,17 @@ class CarDaemon:
         offer = event.offer
         if isinstance(decision, Accept):
             self.log.info("offer accepted", rate_msat_per_kwh=offer.rate_msat_per_kwh,
-                          payment_msat=offer.payment_msat, version=event.version, tariff_change=decision.is_change)
+                          payment_msat=offer.payment_msat, version=event.version, tariff_change=decision.is_change,
+                          wall_session=event.session_id)
             if session.protocol_version is None:
                 session.protocol_version = event.version
                 self._journal_write(self.journal.set_protocol_version, session.journal_id, event.version)
             self._journal_write(self.journal.record_offer, session.journal_id, now, offer.rate_msat_per_kwh,
-                                offer.payment_msat, is_change=decision.is_change, accepted=True)
+                                offer.payment_msat, is_change=decision.is_change, accepted=True,
+                                protocol_version=event.version, wall_session_id=event.session_id,
+                                offer_number=event.offer_number)
+            if event.session_id is not None:
+                self._forget_other_wall_sessions(event.session_id)
             self._wake.set()
         else:
             self.log.warning("offer rejected", code=str(decision.code), reason=decision.reason,
@@ -450,6 +531,15 @@ class CarDaemon:
             self._journal_write(self.journal.record_offer, session.journal_id, now, offer.rate_msat_per_kwh,
                                 offer.payment_msat, is_change=event.mid_session, accepted=False,
                                 reason=f"{decision.code}: {decision.reason}")
+
+    def _forget_other_wall_sessions(self, wall_session_id: int) -> None:
+        """A restarted wall cancels what it issued before, so those invoices are not worth paying."""
+        kept = deque(i for i in self.invoices if i.wall_session_id in (None, wall_session_id))
+        if len(kept) < len(self.invoices):
+            dropped = len(self.invoices) - len(kept)
+            self.invoices = kept
+            self._held_at_nj = None
+            self.log.info("invoices of the wall's earlier session dropped", count=dropped)
 
     def _queue_invoice(self, event: InvoiceReceived) -> None:
         assert self.journal is not None
@@ -467,7 +557,8 @@ class CarDaemon:
                                 wall_energy_nj=event.wall_energy_nj)
             return
         bound = event.offer if event.version == msg.PROTOCOL_V2 else None
-        self.invoices.append(_QueuedInvoice(event.bolt11, bound, event.wall_energy_nj))
+        self.invoices.append(_QueuedInvoice(event.bolt11, bound, event.wall_energy_nj,
+                                            wall_session_id=event.session_id))
         self._wake.set()
 
     def _note_dropped(self, event: Dropped) -> None:
@@ -482,7 +573,9 @@ class CarDaemon:
     # --- payments ------------------------------------------------------------------------
 
     async def _payments(self) -> None:
-        await self._reconcile("at start")
+        # A resumed session counts these payments as pending until it hears how they ended.
+        for outcome in await self._reconcile("at start"):
+            self._apply(outcome)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -548,17 +641,21 @@ class CarDaemon:
         return None
 
     def _record_verdict(self, session: _Session, head: _QueuedInvoice, verdict: str, code: str | None,
-                        reason: str | None, invoice: Any) -> None:
+                        reason: str | None, invoice: Any, terms: Any = None) -> None:
+        """``terms``: what a payment buys energy at; else the offer the wall bound the invoice to."""
         assert self.journal is not None
+        bound = terms if terms is not None else head.bound_offer
         self._journal_write(
             self.journal.record_invoice, session.journal_id, self.clock.time(), head.bolt11, verdict,
             code=code, reason=reason, payment_hash=invoice.payment_hash if invoice else None,
             amount_msat=invoice.amount_msat if invoice else None, payee=invoice.payee if invoice else None,
-            car_energy_nj=self._energy_nj(session), wall_energy_nj=head.wall_energy_nj)
+            car_energy_nj=self._energy_nj(session), wall_energy_nj=head.wall_energy_nj,
+            terms=(bound.rate_msat_per_kwh, bound.payment_msat) if bound is not None else None,
+            wall_session_id=head.wall_session_id)
 
     async def _pay(self, session: _Session, head: _QueuedInvoice, decision: Pay) -> float | None:
         assert self.payer is not None and self.journal is not None
-        self._record_verdict(session, head, "pay", None, None, decision.invoice)
+        self._record_verdict(session, head, "pay", None, None, decision.invoice, decision.terms)
         if not session.payee_recorded:
             session.payee_recorded = True
             self._journal_write(self.journal.set_payee, session.journal_id, decision.invoice.payee)
@@ -597,6 +694,40 @@ class CarDaemon:
             self.log.info("LND reachable again", after=self._lnd_trouble)
             self._lnd_trouble = None
             self._backoff.reset()
+
+
+_POLICY_STATES = {
+    car_journal.SUCCEEDED: car_policy.SUCCEEDED,
+    car_journal.FAILED: car_policy.FAILED,
+    car_journal.INTENT: car_policy.PENDING,
+    car_journal.IN_FLIGHT: car_policy.PENDING,
+}
+
+
+def _session_payments(record: OpenSession) -> list[SessionPayment]:
+    """The journal's payments as the policy books them. A payment whose terms went unrecorded
+    is priced at the session's lowest accepted rate: the most energy it could have bought, so
+    the car counts itself further ahead and pays later rather than sooner."""
+    rates = [o.rate_msat_per_kwh for o in record.accepted_offers]
+    payments = []
+    for payment, terms in record.payments:
+        if terms is None:
+            if not rates:
+                continue
+            terms = (min(rates), payment.amount_msat)
+        payments.append(SessionPayment(
+            payment.payment_hash, payment.amount_msat, payment.fee_limit_msat,
+            wh_bought(payment.amount_msat, terms[0]), Terms(*terms), state=_POLICY_STATES[payment.state],
+            attempts=payment.attempts, fee_msat=payment.fee_msat or 0, failure_reason=payment.failure_reason))
+    return payments
+
+
+def _distinct_in_order(terms: Any) -> list[Terms]:
+    kept: list[Terms] = []
+    for each in terms:
+        if not kept or kept[-1] != each:
+            kept.append(each)
+    return kept
 
 
 def build(cfg: config.Config, clock: Clock = Clock()) -> CarDaemon:

@@ -16,6 +16,7 @@ them in UTC.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from distributedcharge.units import NJ_PER_WH, format_msat
 
 JOURNAL_FILE = "car-journal.sqlite3"
 DAY_S = 24 * 3600
+HOUR_S = 3600
 
 INTENT, IN_FLIGHT, SUCCEEDED, FAILED = "intent", "in_flight", "succeeded", "failed"
 UNRESOLVED = (INTENT, IN_FLIGHT)
@@ -88,14 +90,54 @@ MIGRATIONS = [
     CREATE INDEX payments_by_session ON payments(session_id);
     CREATE INDEX payments_by_time ON payments(attempted_at);
     """,
+    # What a restarted daemon needs to carry on a session: when it was last alive, how each
+    # accepted offer was bound on the wire, and the terms and wall session of each verdict.
+    """
+    ALTER TABLE sessions ADD COLUMN seen_at REAL;
+    ALTER TABLE offers ADD COLUMN protocol_version INTEGER;
+    ALTER TABLE offers ADD COLUMN wall_session_id INTEGER;
+    ALTER TABLE offers ADD COLUMN offer_number INTEGER;
+    ALTER TABLE invoices ADD COLUMN terms_rate_msat_per_kwh INTEGER;
+    ALTER TABLE invoices ADD COLUMN terms_payment_msat INTEGER;
+    ALTER TABLE invoices ADD COLUMN wall_session_id INTEGER;
+    """,
+    # The spending caps are checked at every judgement of an invoice; summing the session's
+    # or the day's payment rows each time cost more with every payment made. Triggers keep
+    # running totals per session and per hour as the rows change, in the same transaction.
+    # A row's cost is what it may still cost: settled -> amount + fee; unresolved -> amount +
+    # fee limit. Hours are floored (CAST alone truncates toward zero before 1970).
+    """
+    ALTER TABLE payments ADD COLUMN cost_msat INTEGER GENERATED ALWAYS AS (
+        CASE WHEN state = 'succeeded' THEN COALESCE(amount_msat + fee_msat, 0)
+             WHEN state IN ('intent', 'in_flight') THEN amount_msat + fee_limit_msat
+             ELSE 0 END) VIRTUAL;
+    ALTER TABLE payments ADD COLUMN attempted_hour INTEGER GENERATED ALWAYS AS (
+        CAST(attempted_at / 3600.0 AS INTEGER)
+        - (attempted_at / 3600.0 < CAST(attempted_at / 3600.0 AS INTEGER))) VIRTUAL;
+    ALTER TABLE sessions ADD COLUMN spent_msat INTEGER NOT NULL DEFAULT 0;
+    UPDATE sessions SET spent_msat =
+        (SELECT COALESCE(SUM(cost_msat), 0) FROM payments WHERE payments.session_id = sessions.id);
+    CREATE TABLE spent_by_hour (hour INTEGER PRIMARY KEY, msat INTEGER NOT NULL);
+    INSERT INTO spent_by_hour (hour, msat)
+        SELECT attempted_hour, SUM(cost_msat) FROM payments GROUP BY attempted_hour;
+    CREATE TRIGGER payments_spent_insert AFTER INSERT ON payments BEGIN
+        UPDATE sessions SET spent_msat = spent_msat + NEW.cost_msat WHERE id = NEW.session_id;
+        INSERT INTO spent_by_hour (hour, msat) VALUES (NEW.attempted_hour, NEW.cost_msat)
+            ON CONFLICT (hour) DO UPDATE SET msat = msat + excluded.msat;
+    END;
+    CREATE TRIGGER payments_spent_update AFTER UPDATE ON payments BEGIN
+        UPDATE sessions SET spent_msat = spent_msat - OLD.cost_msat WHERE id = OLD.session_id;
+        UPDATE spent_by_hour SET msat = msat - OLD.cost_msat WHERE hour = OLD.attempted_hour;
+        UPDATE sessions SET spent_msat = spent_msat + NEW.cost_msat WHERE id = NEW.session_id;
+        INSERT INTO spent_by_hour (hour, msat) VALUES (NEW.attempted_hour, NEW.cost_msat)
+            ON CONFLICT (hour) DO UPDATE SET msat = msat + excluded.msat;
+    END;
+    CREATE TRIGGER payments_spent_delete AFTER DELETE ON payments BEGIN
+        UPDATE sessions SET spent_msat = spent_msat - OLD.cost_msat WHERE id = OLD.session_id;
+        UPDATE spent_by_hour SET msat = msat - OLD.cost_msat WHERE hour = OLD.attempted_hour;
+    END;
+    """,
 ]
-
-# What a payment row may still cost: settled -> amount + fee; unresolved -> amount + fee limit.
-_COST = f"""
-    CASE WHEN state = '{SUCCEEDED}' THEN amount_msat + fee_msat
-         WHEN state IN ('{INTENT}', '{IN_FLIGHT}') THEN amount_msat + fee_limit_msat
-         ELSE 0 END
-"""
 
 
 class DuplicatePayment(Exception):
@@ -181,6 +223,41 @@ class SettledOrPendingHashes:
         return row is not None
 
 
+@dataclass(frozen=True)
+class AcceptedOffer:
+    rate_msat_per_kwh: int
+    payment_msat: int
+    protocol_version: int | None
+    wall_session_id: int | None
+    offer_number: int | None
+
+
+@dataclass(frozen=True)
+class WaitingInvoice:
+    """An invoice last judged not yet due and neither paid nor refused since."""
+
+    bolt11: str
+    terms: tuple[int, int] | None  # (rate msat/kWh, payment msat) it was bound to; None in v1
+    wall_session_id: int | None
+    wall_energy_nj: int | None
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    """A session a killed daemon left open, as the journal knows it."""
+
+    id: int
+    started_at: float
+    seen_at: float
+    protocol_version: int | None
+    payee: bytes | None
+    car_energy_nj: int
+    wall_energy_nj: int | None
+    accepted_offers: list[AcceptedOffer]
+    payments: list[tuple[PaymentRecord, tuple[int, int] | None]]  # with the terms it was paid under
+    waiting: list[WaitingInvoice]
+
+
 class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -207,7 +284,8 @@ class Journal:
 
     def start_session(self, now: float, protocol_version: int | None = None) -> int:
         cursor = self.conn.execute(
-            "INSERT INTO sessions (started_at, protocol_version) VALUES (?, ?)", (now, protocol_version)
+            "INSERT INTO sessions (started_at, seen_at, protocol_version) VALUES (?, ?, ?)",
+            (now, now, protocol_version),
         )
         return int(cursor.lastrowid)
 
@@ -219,12 +297,14 @@ class Journal:
     def set_payee(self, session_id: int, payee: bytes) -> None:
         self.conn.execute("UPDATE sessions SET payee = ? WHERE id = ?", (payee.hex(), session_id))
 
-    def update_energy(self, session_id: int, car_energy_nj: int, wall_energy_nj: int | None = None) -> None:
-        """Latest meter readings since plug-in; the wall's only when it reports one (v2)."""
+    def update_energy(self, session_id: int, car_energy_nj: int, wall_energy_nj: int | None = None,
+                      now: float | None = None) -> None:
+        """Latest meter readings since plug-in; the wall's only when it reports one (v2).
+        ``now`` marks the session as alive at that time (see :meth:`open_session`)."""
         self.conn.execute(
-            "UPDATE sessions SET car_energy_nj = ?, wall_energy_nj = COALESCE(?, wall_energy_nj)"
-            " WHERE id = ?",
-            (car_energy_nj, wall_energy_nj, session_id),
+            "UPDATE sessions SET car_energy_nj = ?, wall_energy_nj = COALESCE(?, wall_energy_nj),"
+            " seen_at = COALESCE(?, seen_at) WHERE id = ?",
+            (car_energy_nj, wall_energy_nj, now, session_id),
         )
 
     def end_session(self, session_id: int, now: float, reason: str = "unplugged") -> None:
@@ -234,25 +314,89 @@ class Journal:
         )
 
     def close_abandoned_sessions(
-        self, now: float, reason: str = "daemon stopped during the session"
+        self, now: float, reason: str = "daemon stopped during the session", *, keep: int | None = None
     ) -> list[int]:
-        """At start: sessions a crash left open are ended now. Returns their ids."""
+        """At start: sessions a crash left open, except ``keep``, are ended now. Returns their ids."""
         with transaction(self.conn):
-            ids = [row[0] for row in self.conn.execute("SELECT id FROM sessions WHERE ended_at IS NULL")]
+            ids = [row[0] for row in self.conn.execute(
+                "SELECT id FROM sessions WHERE ended_at IS NULL AND id IS NOT ?", (keep,))]
             self.conn.execute(
-                "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL", (now, reason)
+                "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL AND id IS NOT ?",
+                (now, reason, keep),
             )
         return ids
+
+    def open_session(self, now: float, within_s: float) -> OpenSession | None:
+        """The latest session still open and alive within ``within_s`` before ``now``, if any.
+
+        Its car energy is the highest reading the journal holds: the session row is updated
+        every few seconds, each verdict row carries the reading of its moment.
+        """
+        row = self.conn.execute(
+            "SELECT * FROM sessions WHERE ended_at IS NULL AND seen_at >= ? ORDER BY id DESC LIMIT 1",
+            (now - within_s,),
+        ).fetchone()
+        if row is None:
+            return None
+        session_id = row["id"]
+        latest_verdict_energy = self.conn.execute(
+            "SELECT MAX(car_energy_nj) FROM invoices WHERE session_id = ?", (session_id,)
+        ).fetchone()[0]
+        offers = [
+            AcceptedOffer(o["rate_msat_per_kwh"], o["payment_msat"], o["protocol_version"],
+                          o["wall_session_id"], o["offer_number"])
+            for o in self.conn.execute(
+                "SELECT * FROM offers WHERE session_id = ? AND verdict = 'accepted' ORDER BY id", (session_id,))
+        ]
+        paid_terms = {
+            t["payment_hash"]: (t["terms_rate_msat_per_kwh"], t["terms_payment_msat"])
+            for t in self.conn.execute(
+                "SELECT payment_hash, terms_rate_msat_per_kwh, terms_payment_msat FROM invoices"
+                " WHERE session_id = ? AND verdict = 'pay' AND terms_rate_msat_per_kwh IS NOT NULL ORDER BY id",
+                (session_id,))
+        }
+        payments = [
+            (record, paid_terms.get(record.payment_hash.hex()))
+            for record in (PaymentRecord.from_row(p) for p in self.conn.execute(
+                "SELECT * FROM payments WHERE session_id = ? ORDER BY created_at", (session_id,)))
+        ]
+        return OpenSession(
+            id=session_id, started_at=row["started_at"], seen_at=row["seen_at"],
+            protocol_version=row["protocol_version"],
+            payee=bytes.fromhex(row["payee"]) if row["payee"] else None,
+            car_energy_nj=max(row["car_energy_nj"], latest_verdict_energy or 0),
+            wall_energy_nj=row["wall_energy_nj"],
+            accepted_offers=offers, payments=payments, waiting=self._waiting_invoices(session_id),
+        )
+
+    def _waiting_invoices(self, session_id: int) -> list[WaitingInvoice]:
+        waiting: dict[str, WaitingInvoice] = {}
+        for row in self.conn.execute(
+            "SELECT i.*, p.state AS p_state FROM invoices i LEFT JOIN payments p ON p.payment_hash = i.payment_hash"
+            " WHERE i.session_id = ? AND i.payment_hash IS NOT NULL ORDER BY i.id", (session_id,)
+        ):
+            key = row["payment_hash"]
+            if row["verdict"] != "not_yet_due" or row["p_state"] not in (None, FAILED):
+                waiting.pop(key, None)
+                continue
+            terms = None if row["terms_rate_msat_per_kwh"] is None else (
+                row["terms_rate_msat_per_kwh"], row["terms_payment_msat"])
+            waiting[key] = WaitingInvoice(row["bolt11"], terms, row["wall_session_id"], row["wall_energy_nj"])
+        return list(waiting.values())
 
     def record_offer(
         self, session_id: int, now: float, rate_msat_per_kwh: int, payment_msat: int,
         *, is_change: bool, accepted: bool, reason: str | None = None,
+        protocol_version: int | None = None, wall_session_id: int | None = None, offer_number: int | None = None,
     ) -> None:
+        """``protocol_version``, ``wall_session_id`` and ``offer_number`` are how the offer came
+        on the wire; a restarted daemon needs them to take up the acceptance again."""
         self.conn.execute(
             "INSERT INTO offers (session_id, received_at, rate_msat_per_kwh, payment_msat, is_change,"
-            " verdict, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " verdict, reason, protocol_version, wall_session_id, offer_number)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (session_id, now, rate_msat_per_kwh, payment_msat, int(is_change),
-             "accepted" if accepted else "rejected", reason),
+             "accepted" if accepted else "rejected", reason, protocol_version, wall_session_id, offer_number),
         )
 
     def record_invoice(
@@ -260,17 +404,23 @@ class Journal:
         code: str | None = None, reason: str | None = None, payment_hash: bytes | None = None,
         amount_msat: int | None = None, payee: bytes | None = None,
         car_energy_nj: int | None = None, wall_energy_nj: int | None = None,
+        terms: tuple[int, int] | None = None, wall_session_id: int | None = None,
     ) -> None:
-        """One verdict on one invoice. Record ``not_yet_due`` once per invoice, not at every re-judgement."""
+        """One verdict on one invoice. Record ``not_yet_due`` once per invoice, not at every re-judgement.
+
+        ``terms`` (rate msat/kWh, payment msat) are those it was judged under: for ``pay``, the
+        energy it buys; for ``not_yet_due`` in v2, the offer the wall bound it to.
+        """
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+        rate, payment = terms if terms is not None else (None, None)
         self.conn.execute(
             "INSERT INTO invoices (session_id, received_at, payment_hash, amount_msat, payee, verdict,"
-            " code, reason, car_energy_nj, wall_energy_nj, bolt11)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " code, reason, car_energy_nj, wall_energy_nj, bolt11, terms_rate_msat_per_kwh, terms_payment_msat,"
+            " wall_session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (session_id, now, payment_hash.hex() if payment_hash else None, amount_msat,
              payee.hex() if payee else None, verdict, code and str(code), reason,
-             car_energy_nj, wall_energy_nj, bolt11),
+             car_energy_nj, wall_energy_nj, bolt11, rate, payment, wall_session_id),
         )
 
     # --- payments ------------------------------------------------------------------------
@@ -344,14 +494,24 @@ class Journal:
         return [PaymentRecord.from_row(row) for row in rows]
 
     def spent_session_msat(self, session_id: int) -> int:
-        row = self.conn.execute(f"SELECT COALESCE(SUM({_COST}), 0) FROM payments WHERE session_id = ?",
-                                (session_id,)).fetchone()
-        return int(row[0])
+        row = self.conn.execute("SELECT spent_msat FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return int(row[0]) if row else 0
 
     def spent_today_msat(self, now: float) -> int:
-        """Spent in the trailing 24 hours up to ``now`` (see the module docstring)."""
-        row = self.conn.execute(f"SELECT COALESCE(SUM({_COST}), 0) FROM payments WHERE attempted_at > ?",
-                                (now - DAY_S,)).fetchone()
+        """Spent in the trailing 24 hours up to ``now`` (see the module docstring).
+
+        The hours after the one the window starts in come from the hourly totals; only that
+        one hour's rows are read one by one (none at all until payments are a day old).
+        """
+        cutoff = now - DAY_S
+        hour = math.floor(cutoff / HOUR_S)
+        row = self.conn.execute(
+            "SELECT (SELECT COALESCE(SUM(msat), 0) FROM spent_by_hour WHERE hour > :hour)"
+            " + (SELECT COALESCE(SUM(cost_msat), 0) FROM payments"
+            "    WHERE attempted_at > :cutoff AND attempted_at < :past_hour AND attempted_hour = :hour)",
+            # The bound on attempted_at lets the index stop early; attempted_hour decides.
+            {"cutoff": cutoff, "hour": hour, "past_hour": (hour + 2) * HOUR_S},
+        ).fetchone()
         return int(row[0])
 
     # --- ledger --------------------------------------------------------------------------

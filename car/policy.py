@@ -13,10 +13,11 @@ All arithmetic on money and energy is exact: msat are integers, Wh are Fractions
 
 from __future__ import annotations
 
-from collections.abc import Container
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from fractions import Fraction
+from types import MappingProxyType
 from typing import Protocol
 
 from distributedcharge.lightning import bolt11
@@ -217,7 +218,7 @@ class Refuse:
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SessionPayment:
     payment_hash: bytes
     amount_msat: int
@@ -240,36 +241,66 @@ class Refusal:
 
 @dataclass
 class BuyerSession:
-    """One plug-in: the offers the car accepted, the payee it pinned, what it paid and refused."""
+    """One plug-in: the offers the car accepted, the payee it pinned, what it paid and refused.
+
+    Payments enter the books only through :meth:`record`, which keeps the totals as running
+    sums: every invoice is judged against them, so reading them must not cost more as the
+    session's payments pile up (an 8-hour session makes thousands).
+    """
 
     started_at: float | None = None
     ended_at: float | None = None
     offers: list[Terms] = field(default_factory=list)
     payee: bytes | None = None
-    payments: dict[bytes, SessionPayment] = field(default_factory=dict)
     refusals: list[Refusal] = field(default_factory=list)
     stale_invoices_paid_since_change: int = 0
+    _payments: dict[bytes, SessionPayment] = field(default_factory=dict, init=False, repr=False)
+    _paid_msat: int = field(default=0, init=False, repr=False)
+    _fees_msat: int = field(default=0, init=False, repr=False)
+    _energy_paid_for_wh: Fraction = field(default=Fraction(0), init=False, repr=False)
+    _unfailed_payments: int = field(default=0, init=False, repr=False)
 
     @property
     def current_terms(self) -> Terms | None:
         return self.offers[-1] if self.offers else None
 
     @property
+    def payments(self) -> Mapping[bytes, SessionPayment]:
+        """Each payment hash's latest attempt, read-only: change it with :meth:`record`."""
+        return MappingProxyType(self._payments)
+
+    @property
     def paid_msat(self) -> int:
-        return sum(p.amount_msat for p in self.payments.values() if p.state == SUCCEEDED)
+        return self._paid_msat
 
     @property
     def fees_msat(self) -> int:
-        return sum(p.fee_msat for p in self.payments.values() if p.state == SUCCEEDED)
+        return self._fees_msat
 
     @property
     def energy_paid_for_wh(self) -> Fraction:
         """Wh bought by payments that succeeded or may still succeed; failed ones bought nothing."""
-        return sum((p.energy_wh for p in self.payments.values() if p.state != FAILED), Fraction(0))
+        return self._energy_paid_for_wh
 
     @property
     def any_payment_made(self) -> bool:
-        return any(p.state != FAILED for p in self.payments.values())
+        return self._unfailed_payments > 0
+
+    def record(self, payment: SessionPayment) -> None:
+        """Enter ``payment`` in the books in place of any earlier entry for its hash."""
+        earlier = self._payments.get(payment.payment_hash)
+        if earlier is not None:
+            self._count(earlier, -1)
+        self._payments[payment.payment_hash] = payment
+        self._count(payment, 1)
+
+    def _count(self, payment: SessionPayment, sign: int) -> None:
+        if payment.state != FAILED:
+            self._energy_paid_for_wh += sign * payment.energy_wh
+            self._unfailed_payments += sign
+        if payment.state == SUCCEEDED:
+            self._paid_msat += sign * payment.amount_msat
+            self._fees_msat += sign * payment.fee_msat
 
 
 class BuyerPolicy:
@@ -288,6 +319,18 @@ class BuyerPolicy:
     def start_session(self, now: float) -> BuyerSession:
         """Plug-in: forget the previous session's offer, payee and hashes (the journal keeps them)."""
         self.session = BuyerSession(started_at=now)
+        return self.session
+
+    def resume_session(self, started_at: float, offers: Sequence[Terms], payee: bytes | None,
+                       payments: Iterable[SessionPayment]) -> BuyerSession:
+        """Carry on a session the daemon was killed in, as its journal recorded it.
+
+        The paid and pending payments keep counting as energy paid for and the payee stays
+        pinned, so a restart neither forgets what was paid nor lets the wall ask twice.
+        """
+        self.session = BuyerSession(started_at=started_at, offers=list(offers), payee=payee)
+        for payment in payments:
+            self.session.record(payment)
         return self.session
 
     def end_session(self, now: float) -> BuyerSession:
@@ -439,9 +482,7 @@ class BuyerPolicy:
 
         energy = wh_bought(amount, terms.rate_msat_per_kwh)
         attempt = 1 if earlier is None else earlier.attempts + 1
-        session.payments[invoice.payment_hash] = SessionPayment(
-            invoice.payment_hash, amount, fee_limit, energy, terms, attempts=attempt
-        )
+        session.record(SessionPayment(invoice.payment_hash, amount, fee_limit, energy, terms, attempts=attempt))
         session.payee = invoice.payee
         if stale:
             session.stale_invoices_paid_since_change += 1
@@ -454,10 +495,9 @@ class BuyerPolicy:
         entry = self.session.payments.get(payment_hash)
         if entry is None:
             return False
-        entry.state = SUCCEEDED
-        entry.amount_msat = amount_msat
-        entry.fee_msat = fee_msat
-        entry.failure_reason = None
+        self.session.record(
+            replace(entry, state=SUCCEEDED, amount_msat=amount_msat, fee_msat=fee_msat, failure_reason=None)
+        )
         return True
 
     def payment_failed(self, payment_hash: bytes, reason: str) -> bool:
@@ -465,8 +505,7 @@ class BuyerPolicy:
         entry = self.session.payments.get(payment_hash)
         if entry is None or entry.state == SUCCEEDED:
             return False
-        entry.state = FAILED
-        entry.failure_reason = reason
+        self.session.record(replace(entry, state=FAILED, failure_reason=reason))
         return True
 
     # --- helpers -------------------------------------------------------------------------

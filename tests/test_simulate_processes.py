@@ -115,10 +115,6 @@ def test_wall_killed_mid_session_loses_no_receipt(world):
     assert world.errors() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a restarted car has lost its acceptance and drops the wall's invoices ('invoice before any offer was "
-    "accepted', swcan/link.py CarLink.receive_payload), and the selling wall never offers again; a restarted "
-    "wall offers under a new session id, which the car drops ('offer for session X in session Y', CarLink._on_offer)"))
 def test_session_goes_on_after_each_daemon_restarts(world):
     world.plant_command("plug")
     for role in ("car", "wallunit"):

@@ -353,6 +353,34 @@ class CarLink(_Link):
         self._reset()
         self._frames.clear()
 
+    def resume(self, offer: Offer, version: int, session_id: int | None = None,
+               offer_number: int | None = None) -> None:
+        """Carry on an acceptance this car made before its daemon restarted, cable still in.
+
+        A wall that is selling does not offer again, so without this the invoices it keeps
+        sending would be dropped as arriving before any acceptance. Nothing is sent: the
+        wall heard the answer long ago. ``session_id`` and ``offer_number`` are the v2
+        binding the acceptance answered; a v1 acceptance has neither.
+        """
+        if self._accepted is not None or self.pending is not None:
+            raise LinkStateError("resume() only on a link that has heard nothing yet")
+        msg.encode_v1_offer(offer)
+        if version == msg.PROTOCOL_V2:
+            if not self.v2:
+                raise LinkStateError("cannot resume a v2 session on a link with v2 turned off")
+            if not (isinstance(session_id, int) and 0 <= session_id <= msg.U16_MAX
+                    and isinstance(offer_number, int) and 0 <= offer_number <= msg.U8_MAX):
+                raise ValueError(f"a v2 acceptance needs a u16 session id and a u8 offer number, "
+                                 f"got {session_id!r} and {offer_number!r}")
+        elif version == msg.PROTOCOL_V1:
+            if session_id is not None or offer_number is not None:
+                raise ValueError("a v1 acceptance has no session id or offer number")
+        else:
+            raise ValueError(f"unknown protocol version {version!r}")
+        accepted = OfferReceived(offer, version, session_id, offer_number, mid_session=False)
+        self.version, self.session_id, self._accepted = version, session_id, accepted
+        self._last_answer = (accepted, True)
+
     # --- input -----------------------------------------------------------------------------
 
     def receive_frame(self, can_id: int, data: bytes, now: float) -> None:
@@ -409,26 +437,28 @@ class CarLink(_Link):
                 self._drop(f"v{proposal.version} offer in a v{self.version} session", msg.OFFER_ID, data)
                 return
             if proposal.session_id != self.session_id:
-                self._drop(f"offer for session {proposal.session_id} in session {self.session_id}",
-                           msg.OFFER_ID, data)
-                return
-            if _same_offer(proposal, self._accepted):
+                # A v2 wall draws a session id only at plug-in, so with the cable still in a new
+                # one means the wall restarted and lost the session. Its offer is judged like any
+                # other; accepting it rebinds the car to the new session (see _decide).
+                proposal = replace(proposal, mid_session=True)
+            elif _same_offer(proposal, self._accepted):
                 # The wall repeats an offer until it hears the answer: it missed ours.
                 self._send_answer(proposal, True)
                 return
-            if self._previous is not None and _same_offer(proposal, self._previous):
+            elif self._previous is not None and _same_offer(proposal, self._previous):
                 self._drop("repeat of an offer a later acceptance replaced", msg.OFFER_ID, data, "info")
                 return
-            if self.version == msg.PROTOCOL_V1:
+            elif self.version == msg.PROTOCOL_V1:
                 self._drop("v1 has no mid-session offer change; the acceptance holds until unplug",
                            msg.OFFER_ID, data, "info")
                 return
-            bound_numbers = {p.offer_number for p in (self._accepted, self._previous) if p is not None}
-            if proposal.offer_number in bound_numbers:
-                # Invoices name their offer by number, so a number must keep its terms.
-                self._drop(f"offer #{proposal.offer_number} reused with other terms", msg.OFFER_ID, data)
-                return
-            proposal = replace(proposal, mid_session=True)
+            else:
+                bound_numbers = {p.offer_number for p in (self._accepted, self._previous) if p is not None}
+                if proposal.offer_number in bound_numbers:
+                    # Invoices name their offer by number, so a number must keep its terms.
+                    self._drop(f"offer #{proposal.offer_number} reused with other terms", msg.OFFER_ID, data)
+                    return
+                proposal = replace(proposal, mid_session=True)
         if self.pending is not None and _same_offer(proposal, self.pending):
             return
         if self._last_answer is not None and _same_offer(proposal, self._last_answer[0]):
@@ -447,6 +477,9 @@ class CarLink(_Link):
         if accepted:
             if self._accepted is None:
                 self.version, self.session_id = proposal.version, proposal.session_id
+            elif proposal.session_id != self.session_id:
+                # The restarted wall cancels what it issued before, so the old binding goes.
+                self.session_id, self._previous = proposal.session_id, None
             else:
                 self._previous = self._accepted
             self._accepted = proposal
