@@ -43,6 +43,9 @@ MIN_HONEST_PAYMENTS = 6
 PAID_BEFORE_STOPPING = 2
 FAULT_AT_S = 40.0
 OUTAGE_S = 60.0
+# After the node is back the daemons' probes may still be in a 30 s backoff, and a step
+# at 11 kW takes 8 s: leave room for several paid steps even on a loaded machine.
+OUTAGE_END_CHARGE_S = FAULT_AT_S + OUTAGE_S + 100.0
 
 
 @dataclass(frozen=True)
@@ -339,13 +342,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              charge_s=90.0, car_role=_hostile_car),
     Scenario("car-node-offline", "the car's Lightning node unreachable for a minute",
              "the wall cuts power while unpaid, the car pays what is due once back, the session goes on",
-             judge_node_outage("car node back", "buyer behind on payments"), charge_s=170.0,
+             judge_node_outage("car node back", "buyer behind on payments"), charge_s=OUTAGE_END_CHARGE_S,
              faults=(Fault(FAULT_AT_S, "car node offline", _node(CAR_NODE, False)),
                      Fault(FAULT_AT_S + OUTAGE_S, "car node back", _node(CAR_NODE, True)))),
     Scenario("wall-node-offline", "the wall's Lightning node unreachable for a minute",
              "the wall stops selling safely and resumes once its node is back",
              judge_node_outage("wall node back", "Lightning node unreachable"),
-             charge_s=170.0,
+             charge_s=OUTAGE_END_CHARGE_S,
              faults=(Fault(FAULT_AT_S, "wall node offline", _node(WALL_NODE, False)),
                      Fault(FAULT_AT_S + OUTAGE_S, "wall node back", _node(WALL_NODE, True)))),
     Scenario("twc-serial-unplugged", "the RS-485 adapter pulled out for 40 s and put back",
