@@ -7,6 +7,7 @@ blocks the daemon's writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 from pathlib import Path
@@ -71,18 +72,10 @@ def run(args: argparse.Namespace) -> int:
                 print(line)
             return 0
         header, rows = ledger.export_rows()
-        with open(args.output, "w", newline="") if args.output else _stdout() as out:
+        with open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout) as out:
             writer = csv.writer(out)
             writer.writerow(header)
             writer.writerows(rows)
         return 0
     finally:
         ledger.close()
-
-
-class _stdout:
-    def __enter__(self):
-        return sys.stdout
-
-    def __exit__(self, *exc) -> None:
-        sys.stdout.flush()
