@@ -63,8 +63,6 @@ def test_config_check_passes_the_example_and_lists_every_problem_of_a_broken_cop
     ]
 
 
-
-
 def lightning_problems(section: dict) -> list[str]:
     cfg = config.validate({"lightning": section}, car_config.SCHEMA, "car.toml")
     return car_config.cross_check(cfg, "car.toml")
