@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from fractions import Fraction
 
+import can
 import pytest
 import structlog
 from hypothesis import given, settings
@@ -13,10 +16,11 @@ from hypothesis import strategies as st
 
 from distributedcharge.sim.model3 import Model3Emitter
 from distributedcharge.sim.plant import Plant, PlantSettings
-from distributedcharge.sim.plant_runner import PlantStatus
+from distributedcharge.sim.plant_runner import PlantStatus, build_runner, open_vehicle_bus
 from distributedcharge.sim.twc_slave import SimulatedBus, SlaveConfig, TwcSlave
 from distributedcharge.twc.master import MasterSettings, Reading, TwcMaster
 from distributedcharge.units import NJ_PER_WH
+from distributedcharge.vehicle import signals
 from distributedcharge.vehicle.meter import EnergyMeter
 from distributedcharge.vehicle.reader import VehicleState
 from wallunit.wallmeter import WallMeter
@@ -136,3 +140,44 @@ def test_physics_stays_physical(steps):
         assert plant.energy_nj >= energy
         energy = plant.energy_nj
         assert 0 <= plant.soc_percent <= 100
+
+
+def test_a_stalled_plant_thread_is_not_a_silent_bus_to_the_cars_meter(tmp_path):
+    """The simulator may stall (load, a GC pause); a real car's bus would not have. The frames
+    owed arrive stamped with their own moments, so the car's meter sees no gap to refuse."""
+    started, stalled = time.monotonic(), []
+
+    def stalling_clock() -> float:
+        # Once the metered pages have both come round, a stall longer than the 2 s gap rule.
+        if not stalled and time.monotonic() - started > 1.5:
+            stalled.append(True)
+            time.sleep(2.5)
+        return time.monotonic()
+
+    plant_side = open_vehicle_bus("virtual", f"stall-{tmp_path.name}")
+    car_side = can.Bus(interface="virtual", channel=f"stall-{tmp_path.name}")
+    runner = build_runner(str(tmp_path / "twc"), plant_side, clock=stalling_clock, plugged=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    received = []
+    try:
+        thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (received and received[-1].timestamp - received[0].timestamp > 5):
+            message = car_side.recv(0.05)
+            if message is not None:
+                received.append(message)
+    finally:
+        stop.set()
+        thread.join(5)
+        plant_side.shutdown()
+        car_side.shutdown()
+
+    vehicle, meter = VehicleState("2025"), EnergyMeter()
+    for message in received:
+        for event in vehicle.feed(message.arbitration_id, bytes(message.data), message.timestamp):
+            meter.observe(event)
+    assert meter.gaps == 0 and meter.refused == 0
+    stamps = [m.timestamp for m in received if m.arbitration_id == signals.PCS_LOGGING]
+    spacing = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    assert stalled and len(spacing) >= 45 and all(0.099 < gap < 0.101 for gap in spacing), spacing

@@ -30,7 +30,7 @@ from distributedcharge.clock import ScaledClock
 from distributedcharge.daemon import Daemon
 from distributedcharge.lightning import macaroons
 from distributedcharge.lightning.node import NodeAddress
-from distributedcharge.sim.plant_runner import PlantRunner, PlantStatus, build_runner
+from distributedcharge.sim.plant_runner import PlantRunner, PlantStatus, build_runner, open_vehicle_bus
 from distributedcharge.sim import stage
 from distributedcharge.sim.stage import (
     CAR_NODE, CAR_PERMISSIONS, WALL_NODE, WALL_PERMISSIONS, Bus, Buses, Layout, Terms, write_car_config,
@@ -113,7 +113,7 @@ class InProcessWorld:
 
     def _start_plant(self) -> None:
         vehicle = self.buses.vehicle
-        self._vehicle_bus = can.Bus(interface=vehicle.interface, channel=vehicle.channel)
+        self._vehicle_bus = open_vehicle_bus(vehicle.interface, vehicle.channel)
         self.runner = build_runner(str(self.layout.twc_link), self._vehicle_bus, clock=self.clock.monotonic,
                                    speed=self.speed)
         self._plant_thread = threading.Thread(target=self.runner.run, args=(self._stop_plant,), name="plant",

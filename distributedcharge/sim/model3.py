@@ -79,9 +79,16 @@ class Model3Emitter:
             sig.BMS_COUNTERS: self._bms_counters,
         }
 
+    def next_due(self) -> float | None:
+        """When the next frame falls due; None before the first call, when every frame is due."""
+        if len(self._next_due) < len(self._builders):
+            return None
+        return min(self._next_due.values())
+
     def frames_at(self, now: float, state: Model3State) -> list[tuple[int, bytes]]:
         """Frames due at ``now`` (seconds, any monotonic clock), at most one per message:
-        a caller that falls behind gets the current values, not a burst of old ones."""
+        a caller that falls behind gets the current values, not a burst of old ones.
+        A caller that wants the frames it missed asks again at each :meth:`next_due`."""
         self._integrate(now, state)
         frames = []
         for frame_id, build in self._builders.items():

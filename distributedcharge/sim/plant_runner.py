@@ -39,6 +39,11 @@ from distributedcharge.vehicle.signals import PCS_PAGE_CHARGER_LINE_VOLTAGES, PC
 _log = log.get("sim.plant")
 
 POLL_S = 0.005
+# A stalled plant thread sends the frames it owes, each stamped with its own moment, as a
+# real car's bus would have carried them; a stall longer than this is a silent bus instead.
+CATCH_UP_LIMIT_S = 30.0
+# Interfaces that carry a sender's timestamp through to the receivers when asked to.
+TIMESTAMP_PRESERVING_INTERFACES = ("virtual", "remote")
 COMMANDS = ("plug", "unplug", "serial-off", "serial-on")
 # The car meters from two 0x2C4 pages. With every page in the cycle, each comes round once a
 # second of car time only while the loop keeps up with the 100 ms frame period; past this
@@ -97,6 +102,7 @@ class PlantRunner:
         vehicle_bus: can.BusABC,
         clock: Callable[[], float] = time.monotonic,
         poll_s: float = POLL_S,
+        speed: float = 1.0,
     ) -> None:
         if slave.load is not plant:
             raise ValueError("the TWC slave must measure this plant")
@@ -107,6 +113,7 @@ class PlantRunner:
         self.vehicle_bus = vehicle_bus
         self.clock = clock
         self.poll_s = poll_s
+        self.speed = speed
         self.frames_sent = 0
         self._commands: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._serial_connected = False
@@ -124,13 +131,16 @@ class PlantRunner:
         selector = self._connect_serial()
         try:
             while not stop.is_set():
-                for key, _ in selector.select(self.poll_s) if selector else ():
-                    data = key.data.on_readable(key.fileobj)
-                    if data:
-                        self.slave.receive(data, self.clock())
+                received = [key.data.on_readable(key.fileobj) for key, _ in selector.select(self.poll_s)] \
+                    if selector else []
                 if selector is None:
                     time.sleep(self.poll_s)
-                now = self.clock()
+                now, wall_now = self.clock(), time.time()
+                # Before anything moves the plant on to now: the frames owed are built at their own moments.
+                self._send_vehicle_frames(now, wall_now)
+                for data in received:
+                    if data:
+                        self.slave.receive(data, now)
                 selector = self._apply_commands(now, selector)
                 self._step(now)
         finally:
@@ -175,9 +185,20 @@ class PlantRunner:
         outgoing = self.slave.bytes_to_send()
         if outgoing and self._serial_connected:
             self.pty.write(outgoing)
-        for frame_id, data in self.emitter.frames_at(now, self.plant.model3_state(now)):
-            self._send(can.Message(arbitration_id=frame_id, data=data, is_extended_id=False))
         self.status = self._status(now)
+
+    def _send_vehicle_frames(self, now: float, wall_now: float) -> None:
+        """Every frame due by ``now``, each from the plant at its due moment and stamped with
+        that moment on the wall clock python-can stamps with (``wall_now`` is ``now`` on it)."""
+        while True:
+            due = self.emitter.next_due()
+            if due is None or now - due > CATCH_UP_LIMIT_S:
+                due = now
+            elif due > now:
+                return
+            stamp = wall_now - (now - due) / self.speed
+            for frame_id, data in self.emitter.frames_at(due, self.plant.model3_state(due)):
+                self._send(can.Message(timestamp=stamp, arbitration_id=frame_id, data=data, is_extended_id=False))
 
     def _send(self, message: can.Message) -> None:
         try:
@@ -214,7 +235,14 @@ def build_runner(
     plant = Plant(settings, plugged=plugged, now=now)
     slave = TwcSlave(SlaveConfig(max_centiamps=max_amps * 100, volts=(plant.wall_volts(), 0, 0)), plant)
     emitter = Model3Emitter("2025", pcs_pages=pcs_pages_for(speed))
-    return PlantRunner(plant, slave, emitter, PtyLink(pty_path), vehicle_bus, clock)
+    return PlantRunner(plant, slave, emitter, PtyLink(pty_path), vehicle_bus, clock, speed=speed)
+
+
+def open_vehicle_bus(interface: str, channel: str) -> can.BusABC:
+    """The plant's side of the vehicle bus, keeping the frames' own timestamps where the
+    interface can, so a stall of the simulator is not a gap on the car's bus."""
+    extra = {"preserve_timestamps": True} if interface in TIMESTAMP_PRESERVING_INTERFACES else {}
+    return can.Bus(interface=interface, channel=channel, **extra)
 
 
 # -- the plant as a process -------------------------------------------------------------------
@@ -255,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     try:
-        bus = can.Bus(interface=args.vehicle_interface, channel=args.vehicle_channel)
+        bus = open_vehicle_bus(args.vehicle_interface, args.vehicle_channel)
     except (can.CanError, OSError, ValueError) as exc:
         _log.error("plant_vehicle_bus_failed", reason=str(exc))
         return 1
