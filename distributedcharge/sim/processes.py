@@ -9,15 +9,14 @@
   ``distributedcharge simnet bake`` as an owner would bake them with ``lncli``.
 
 Everything listens on 127.0.0.1 only. Time is real: the daemons run their production
-clock. Each child is asked to die with its parent (``PR_SET_PDEATHSIG``) and is
-terminated, then killed, when the world stops, also after Ctrl-C. :meth:`ProcessWorld.kill`
+clock. Each child is started through :mod:`distributedcharge.sim.die_with_parent`, so it
+dies with its parent, and is terminated, then killed, when the world stops, also after Ctrl-C. :meth:`ProcessWorld.kill`
 and :meth:`ProcessWorld.restart` are what the kill -9 tests use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import signal
@@ -43,24 +42,6 @@ HOST = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 DAEMONS = ("wallunit", "car")
-_PR_SET_PDEATHSIG = 1
-
-
-def _find_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Looked up here, in the parent: the child between fork and exec must only call it.
-_PRCTL = _find_prctl()
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a simulator killed with -9 leaves nothing behind.
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def free_port() -> int:
@@ -137,8 +118,10 @@ class ProcessWorld:
         log_file = open(self.layout.logs / f"{name}.log", "ab")
         self._logs.append(log_file)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        child = subprocess.Popen(argv, stdin=stdin, stdout=log_file if stdout is None else stdout, stderr=log_file,
-                                 env=env, preexec_fn=_die_with_parent, cwd=self.layout.root)
+        # A simulator killed with -9 leaves nothing behind.
+        guarded = [self.python, "-m", "distributedcharge.sim.die_with_parent", str(os.getpid()), *argv]
+        child = subprocess.Popen(guarded, stdin=stdin, stdout=log_file if stdout is None else stdout,
+                                 stderr=log_file, env=env, cwd=self.layout.root)
         self.children[name] = child
         self._expected_exit.discard(name)
         return child
