@@ -341,3 +341,75 @@ def test_unplugged_wall_forgets_the_session_and_sends_nothing_queued() -> None:
         pair.wall.send_invoice(INVOICES[0], 0)
     pair.wall.receive_frame(m.ANSWER_ID, b"\x01", pair.now)
     assert [e.level for e in drain(pair.wall)] == ["debug"]
+
+
+# --- a v1 car that restarted mid-session -----------------------------------------------------
+
+
+def test_v1_wall_repeats_the_accepted_terms_for_a_restarted_car_which_takes_them_up_again() -> None:
+    pair = Pair(wall_v2=True, car_v2=False)
+    _, first = pair.agree()
+    pair.car.unplugged()  # its daemon restarted with the cable in: the acceptance is gone
+    pair.wall.send_invoice(INVOICES[0], 0)
+    pair.deliver()
+    [dropped] = drain(pair.car)
+    assert "before any offer was accepted" in dropped.reason
+    pair.wall.repeat_offer(pair.now)
+    assert pair.wall.state is WallState.REPEATING
+    # Only the frame a v1 car reads, once a second, until it answers.
+    assert pair.wall.frames_to_send() == [(m.OFFER_ID, m.encode_v1_offer(first.offer))]
+    pair.wall.tick(pair.now + 1)
+    pair.deliver()
+    [heard] = without_debug(drain(pair.car))
+    assert heard.offer == first.offer and heard.version == 1
+    assert pair.car.accept(heard.offer)
+    pair.deliver()
+    assert drain(pair.wall) == [CarAccepted(first.offer, 1, None, None, mid_session=True)]
+    assert pair.wall.state is WallState.SELLING and pair.wall.next_deadline() is None
+    pair.wall.send_invoice(INVOICES[1], 0)
+    pair.deliver()
+    [invoice] = without_debug(drain(pair.car))
+    assert invoice.bolt11 == INVOICES[1] and invoice.offer == first.offer
+
+
+def test_a_restarted_car_refusing_its_old_terms_stops_the_link() -> None:
+    pair = Pair(wall_v2=False, car_v2=False)
+    _, first = pair.agree()
+    pair.car.unplugged()
+    pair.wall.repeat_offer(pair.now)
+    pair.deliver()
+    [heard] = without_debug(drain(pair.car))
+    assert pair.car.reject(heard.offer)
+    pair.deliver()
+    assert drain(pair.wall) == [CarRejected(first.offer, 1, None, None)]
+    assert pair.wall.state is WallState.STOPPED
+    with pytest.raises(LinkStateError):
+        pair.wall.send_invoice(INVOICES[0], 0)
+
+
+def test_the_repeat_stops_when_the_car_shows_it_still_holds_its_acceptance() -> None:
+    pair = Pair(wall_v2=False, car_v2=False)
+    pair.agree()
+    pair.wall.repeat_offer(pair.now)
+    pair.wall.frames_to_send()
+    pair.wall.send_invoice(INVOICES[0], 0)  # selling goes on meanwhile
+    assert pair.wall.payloads_to_send() == [INVOICES[0].encode()]
+    pair.wall.stop_repeating()
+    assert pair.wall.state is WallState.SELLING and pair.wall.next_deadline() is None
+    pair.wall.tick(pair.now + 5)
+    assert pair.wall.frames_to_send() == []
+
+
+@pytest.mark.parametrize("wall_v2, car_v2", [(True, True), (False, False)])
+def test_only_a_v1_sale_is_repeated(wall_v2: bool, car_v2: bool) -> None:
+    pair = Pair(wall_v2, car_v2)
+    with pytest.raises(LinkStateError):
+        pair.wall.repeat_offer(pair.now)  # nothing accepted yet
+    pair.agree()
+    if car_v2:
+        with pytest.raises(LinkStateError, match="only while selling to a v1 car"):
+            pair.wall.repeat_offer(pair.now)
+    else:
+        pair.wall.repeat_offer(pair.now)
+        with pytest.raises(LinkStateError):
+            pair.wall.repeat_offer(pair.now)

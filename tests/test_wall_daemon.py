@@ -164,6 +164,7 @@ class Buyer:
     lnd: LndClient
     plan: Plan = pay_at_once
     answer: str = "accept"  # accept, reject, garbage, silent
+    v2: bool = True
     invoices: list[InvoiceReceived] = field(default_factory=list)
     paid_msat: list[int] = field(default_factory=list)
     receipts: dict[str, int] = field(default_factory=dict)  # payment hash (hex) -> msat
@@ -171,7 +172,7 @@ class Buyer:
     offers: list[OfferReceived] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.port = SwcanPort(CarLink(v2=True), self.bus)
+        self.port = SwcanPort(CarLink(v2=self.v2), self.bus)
         self._tasks: set[asyncio.Task] = set()
 
     async def run(self) -> None:
@@ -261,8 +262,8 @@ class Rig:
     def node_state(self, r_hash: bytes) -> str:
         return self.simnet.state.find_invoice("wall", r_hash).state.name
 
-    async def add_buyer(self, plan: Plan = pay_at_once, answer: str = "accept") -> Buyer:
-        self.buyer = Buyer(can.Bus(interface="virtual", channel=self.channel), self.car_lnd, plan, answer)
+    async def add_buyer(self, plan: Plan = pay_at_once, answer: str = "accept", v2: bool = True) -> Buyer:
+        self.buyer = Buyer(can.Bus(interface="virtual", channel=self.channel), self.car_lnd, plan, answer, v2)
         self._buyer_task = asyncio.create_task(self.buyer.run())
         return self.buyer
 
@@ -448,6 +449,28 @@ def test_car_that_pays_late_is_cut_and_selling_resumes_once_it_catches_up(tmp_pa
             await r.until(lambda: len(r.buyer.paid_msat) >= 5, "payments to go on")
             assert [e["detail"] for e in r.events("CutPower")] == ["buyer behind on payments"]
             exposure_within_thresholds(r, session_id)
+
+    run(scenario())
+
+
+def test_v1_car_that_restarts_mid_session_is_offered_its_terms_again_and_buys_on(tmp_path):
+    async def scenario() -> None:
+        async with rig(tmp_path) as r:
+            buyer = await r.add_buyer(plan=lambda n: None if n == 2 else 0.0, v2=False)
+            r.twc.plug()
+            session_id = await r.session_started()
+            await r.until(lambda: len(buyer.invoices) == 3, "the third invoice")
+            buyer.forget_session()  # the car's daemon restarted: it waits for an offer again
+            await cut_confirmed(r)
+            await r.until(lambda: r.events("RepeatOffer"), "the accepted terms to go out again")
+            await r.until(lambda: len(buyer.offers) == 2, "the restarted car to hear them")
+            assert buyer.offers[1].offer == buyer.offers[0].offer and buyer.offers[1].version == 1
+            dropped = r.invoices()[2]
+            await r.until(lambda: r.node_state(dropped["r_hash"]) == "CANCELED", "the dropped invoice to be canceled")
+            await r.until(lambda: r.events("ResumePower")[1:], "power back once the car pays again")
+            await r.until(lambda: len(buyer.paid_msat) >= 5, "payments to go on")
+            assert set(buyer.paid_msat) == {1000}  # v1 terms: the 0.5 sat payment rounded up to a whole sat
+            assert r.ledger.paid_total_msat(session_id) == sum(buyer.paid_msat)
 
     run(scenario())
 

@@ -23,11 +23,13 @@ from wallunit.actions import (
     HidePaymentRequest,
     Ignored,
     MakeOffer,
+    RepeatOffer,
     ResumePower,
     SendInvoice,
     SessionEnded,
     SettleInvoice,
     ShowPaymentRequest,
+    StopRepeatingOffer,
     StopSale,
 )
 from wallunit.ledger import Ledger
@@ -196,7 +198,8 @@ class Wall:
                 self.settlements.append((action.r_hash, invoice.amount_msat))
                 self.ledger.record_settled(action.r_hash, invoice.amount_msat, self.now)
                 return self.policy.invoice_settled(self.now, action.r_hash, invoice.amount_msat)
-        elif not isinstance(action, (MakeOffer, HidePaymentRequest, StopSale, Ignored, SessionEnded)):
+        elif not isinstance(action, (MakeOffer, HidePaymentRequest, StopSale, RepeatOffer, StopRepeatingOffer, Ignored,
+                                     SessionEnded)):
             raise AssertionError(f"unexpected action {action!r}")
         return []
 

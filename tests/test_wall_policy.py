@@ -13,8 +13,10 @@ from wallunit.actions import (
     Ignored,
     MakeOffer,
     Offer,
+    RepeatOffer,
     ResumePower,
     SessionEnded,
+    StopRepeatingOffer,
     StopSale,
 )
 from wallunit.policy import make_offer
@@ -344,3 +346,67 @@ def test_rejected_car_is_offered_again_when_the_period_changes():
     assert wall.of(MakeOffer)[-1].offer.rate_msat_per_kwh == 80_000
     wall.accept()
     assert wall.sent
+
+
+# --- a v1 car that restarted mid-session -------------------------------------------------------
+
+def v1_car_that_stopped_paying(version: int = 1) -> tuple[Wall, dict]:
+    """Accepted, paid its first invoice, then went quiet for a minute. Also returns when
+    power was cut and when the offer went out again."""
+    wall = Wall()
+    wall.plug_in()
+    wall.accept(version=version)
+    wall.pay_all()
+    seen: dict = {}
+    for _ in range(60):
+        for action in wall.deliver(STEP_NJ):
+            seen.setdefault(type(action), wall.now)
+    return wall, seen
+
+
+def test_v1_car_behind_with_an_invoice_open_is_offered_its_terms_again_once():
+    wall, seen = v1_car_that_stopped_paying()
+    assert len(wall.of(RepeatOffer)) == 1
+    assert seen[RepeatOffer] - seen[CutPower] == timedelta(seconds=10)
+    assert len(wall.unpaid()) == 1
+
+
+def test_v2_car_behind_is_never_offered_again_it_resumes_its_own_session():
+    wall, _ = v1_car_that_stopped_paying(version=2)
+    assert wall.of(CutPower) and not wall.of(RepeatOffer)
+
+
+def test_a_payment_stops_the_repeat_and_the_invoice_it_paid_counts():
+    wall, _ = v1_car_that_stopped_paying()
+    [open_invoice] = wall.unpaid()
+    after_payment = wall.pay(open_invoice)
+    assert wall.of(StopRepeatingOffer) and not wall.of(CancelInvoice)
+    assert any(isinstance(a, ResumePower) for a in after_payment)
+    assert wall.policy.session.paid_msat == 2 * 3_000
+
+
+def test_restarted_v1_car_accepting_again_gets_a_fresh_invoice_and_the_dropped_one_is_canceled():
+    wall, _ = v1_car_that_stopped_paying()
+    [dropped] = wall.unpaid()
+    sent_before = len(wall.sent)
+    wall.accept(version=1)
+    [cancel] = wall.of(CancelInvoice)
+    assert cancel.r_hash == wall._hash_of(dropped.ref) and "restarted" in cancel.reason
+    assert len(wall.sent) == sent_before + 1 and wall.unpaid() == wall.sent[-1:]
+    wall.pay_all()
+    assert wall.power_on
+    for _ in range(40):
+        wall.deliver(STEP_NJ)
+        wall.pay_all()
+    assert len(wall.sent) > sent_before + 2 and len(wall.of(RepeatOffer)) == 1
+    assert wall.policy.session.paid_msat == 3_000 * (len(wall.sent) - 1)
+
+
+def test_restarted_v1_car_refusing_its_own_terms_ends_the_sale():
+    wall, _ = v1_car_that_stopped_paying()
+    sent_before = len(wall.sent)
+    wall.run(wall.policy.car_rejected(wall.now))
+    assert "restarting" in wall.of(StopSale)[-1].reason
+    for _ in range(30):
+        wall.deliver(STEP_NJ)
+    assert len(wall.sent) == sent_before and len(wall.of(RepeatOffer)) == 1 and not wall.power_on

@@ -101,6 +101,18 @@ class StopSale:
 
 
 @dataclass(frozen=True)
+class RepeatOffer:
+    """v1: put the accepted terms out again, for a car whose daemon restarted and lost them."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopRepeatingOffer:
+    reason: str
+
+
+@dataclass(frozen=True)
 class Ignored:
     """An input that was refused; the daemon logs it and carries on."""
 
@@ -118,5 +130,6 @@ class SessionEnded:
 
 Action = (
     MakeOffer | CreateInvoice | CreateHoldInvoice | SendInvoice | ShowPaymentRequest | HidePaymentRequest
-    | CutPower | ResumePower | CancelInvoice | SettleInvoice | StopSale | Ignored | SessionEnded
+    | CutPower | ResumePower | CancelInvoice | SettleInvoice | StopSale | RepeatOffer | StopRepeatingOffer
+    | Ignored | SessionEnded
 )

@@ -36,7 +36,7 @@ import contextlib
 import hashlib
 import math
 import secrets
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -78,11 +78,13 @@ from .actions import (
     HidePaymentRequest,
     Ignored,
     MakeOffer,
+    RepeatOffer,
     ResumePower,
     SendInvoice,
     SessionEnded,
     SettleInvoice,
     ShowPaymentRequest,
+    StopRepeatingOffer,
     StopSale,
 )
 from .config import wall_settings
@@ -471,6 +473,13 @@ class WallDaemon:
         except (LinkStateError, ValueError) as exc:
             _log.warning("offer not sent", reason=str(exc))
 
+    def _on_link(self, change: Callable[[WallLink, float], None], failure: str) -> None:
+        assert self.swcan is not None
+        try:
+            self.swcan.apply(change)
+        except LinkStateError as exc:
+            _log.warning(failure, reason=str(exc))
+
     def _send_invoice(self, send: SendInvoice, attempt: int) -> None:
         assert self.swcan is not None
         try:
@@ -509,6 +518,12 @@ class WallDaemon:
         self.ledger.record_action(self._stamp(), action, session_id=session_id, preimage=preimage)
         if isinstance(action, MakeOffer):
             self._offer(action.offer)
+        elif isinstance(action, RepeatOffer):
+            _log.info("offering the accepted terms again", reason=action.reason)
+            self._on_link(lambda link, now: link.repeat_offer(now), "offer not repeated")
+        elif isinstance(action, StopRepeatingOffer):
+            _log.info("no longer repeating the offer", reason=action.reason)
+            self._on_link(lambda link, now: link.stop_repeating(), "offer still repeated")
         elif isinstance(action, (CreateInvoice, CreateHoldInvoice)):
             self._creating.add(action.ref)
             self._spawn(self._create(action, preimage))

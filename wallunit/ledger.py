@@ -31,11 +31,13 @@ from .actions import (
     HidePaymentRequest,
     Ignored,
     MakeOffer,
+    RepeatOffer,
     ResumePower,
     SendInvoice,
     SessionEnded,
     SettleInvoice,
     ShowPaymentRequest,
+    StopRepeatingOffer,
     StopSale,
 )
 from .manual import format_kwh
@@ -387,7 +389,7 @@ class Ledger:
             self.end_session(action.session_id, now, action.delivered_nj, action.max_exposure_msat)
         elif isinstance(action, (ShowPaymentRequest, HidePaymentRequest)):
             self.record_event(session_of(action.ref), now, type(action).__name__, action.ref)
-        elif isinstance(action, (CutPower, ResumePower, StopSale, Ignored)):
+        elif isinstance(action, (CutPower, ResumePower, StopSale, RepeatOffer, StopRepeatingOffer, Ignored)):
             self.record_event(session_id, now, type(action).__name__, action.reason)
         else:
             raise LedgerError(f"no ledger record for {action!r}")

@@ -32,6 +32,13 @@ turns it back on.
 
 If the car never answers the offer within ``offer_timeout_s`` and manual pay is on, the
 session becomes a manual-pay sale (see :mod:`wallunit.manual`).
+
+A v1 car that restarts mid-session has lost its acceptance: it waits for an offer and drops
+every invoice, while the wall, still selling, never offers again. So once a v1 car has been
+behind on payments for ``v1_repeat_offer_after_s`` with an invoice open, the accepted terms
+go out again (``RepeatOffer``). An original car that still holds its acceptance ignores
+offers, and its next payment stops the repeats; one that restarted answers, and as it has
+dropped the invoices it held, the open ones are canceled and a fresh one follows.
 """
 
 from __future__ import annotations
@@ -53,9 +60,11 @@ from .actions import (
     Ignored,
     MakeOffer,
     Offer,
+    RepeatOffer,
     ResumePower,
     SendInvoice,
     SessionEnded,
+    StopRepeatingOffer,
     StopSale,
 )
 from .manual import ManualPay, ManualSettings, format_kwh
@@ -71,6 +80,7 @@ class SellerSettings:
     invoice_expiry_s: int = 600
     offer_timeout_s: float = 30.0
     retry_s: float = 5.0
+    v1_repeat_offer_after_s: float = 10.0
     manual: ManualSettings | None = field(default_factory=ManualSettings)
 
 
@@ -125,6 +135,8 @@ class _Session:
     count: int = 0
     invoice_retry_at: datetime | None = None
     manual: ManualPay | None = None
+    behind_since: datetime | None = None
+    repeating_offer: bool = False
 
     @property
     def outstanding(self) -> _Invoice | None:
@@ -220,6 +232,8 @@ class SellerPolicy:
     def car_accepted(self, now: datetime, offer: Offer, version: int) -> list[Action]:
         """The car agreed to ``offer``: the current offer, or for v1 its whole-sat rounding."""
         s = self.session
+        if s is not None and s.repeating_offer:
+            return self._accepted_again(now, s, offer, version)
         if s is None or s.phase not in (Phase.OFFERING, Phase.REOFFERING, Phase.REFUSED):
             return [Ignored("car accepted with no offer waiting for an answer")]
         if version not in (1, 2):
@@ -239,6 +253,9 @@ class SellerPolicy:
     def car_rejected(self, now: datetime) -> list[Action]:
         """The car refused the current offer; mid-session (a tariff change) that ends the sale."""
         s = self.session
+        if s is not None and s.repeating_offer:
+            s.repeating_offer, s.phase = False, Phase.STOPPED
+            return [StopSale("car refused its own earlier terms after restarting")] + self._after(now)
         if s is None or s.phase not in (Phase.OFFERING, Phase.REOFFERING):
             return [Ignored("car rejected with no offer waiting for an answer")]
         s.phase = Phase.STOPPED if s.phase is Phase.REOFFERING else Phase.REFUSED
@@ -306,7 +323,11 @@ class SellerPolicy:
         s.paid_msat += amt_paid_msat
         # An honest node never settles below the amount; if it ever does, credit only what came in.
         s.paid_energy_nj += invoice.energy_nj * min(Fraction(1), Fraction(amt_paid_msat, invoice.amount_msat))
-        return self._after(now)
+        actions: list[Action] = []
+        if s.repeating_offer:
+            s.repeating_offer = False
+            actions.append(StopRepeatingOffer("the car paid: it still holds its acceptance"))
+        return actions + self._after(now)
 
     def invoice_canceled(self, now: datetime, r_hash: bytes) -> list[Action]:
         manual = self._manual_for(r_hash=r_hash)
@@ -414,7 +435,36 @@ class SellerPolicy:
         if s is None:
             return []
         s.max_exposure_msat = max(s.max_exposure_msat, self.exposure_msat)
-        return self._maybe_invoice(now, s) + self._settle_power(now)
+        return self._maybe_invoice(now, s) + self._maybe_repeat_offer(now, s) + self._settle_power(now)
+
+    def _accepted_again(self, now: datetime, s: _Session, offer: Offer, version: int) -> list[Action]:
+        """A v1 car that restarted took up its terms again; it dropped the invoices it held."""
+        if version != 1 or offer != s.accepted:
+            return [Ignored(f"car answered the repeated offer with v{version} {offer}, not v1 {s.accepted}")]
+        s.repeating_offer = False
+        s.behind_since = None
+        actions: list[Action] = []
+        for invoice in list(s.pending.values()):
+            if invoice.state == "open":
+                # If the car paid it after all, the node says settled and the policy counts it.
+                actions.append(CancelInvoice(invoice.r_hash, "the car restarted and dropped it"))
+                s.close(invoice, "canceled")
+        return actions + self._after(now)
+
+    def _maybe_repeat_offer(self, now: datetime, s: _Session) -> list[Action]:
+        if s.version != 1 or s.phase is not Phase.SELLING or not self.node_up:
+            return []
+        invoice = s.outstanding
+        if self.credit_nj >= self.cut_line_nj() or invoice is None or invoice.state != "open":
+            s.behind_since = None
+            return []
+        if s.behind_since is None:
+            s.behind_since = now
+        if s.repeating_offer or now - s.behind_since < timedelta(seconds=self.settings.v1_repeat_offer_after_s):
+            return []
+        s.repeating_offer = True
+        return [RepeatOffer(f"no payment for {self.settings.v1_repeat_offer_after_s:g} s: the car may have "
+                            "restarted and lost its acceptance")]
 
     def _maybe_invoice(self, now: datetime, s: _Session) -> list[Action]:
         if s.phase is not Phase.SELLING or not self.node_up or s.outstanding is not None:

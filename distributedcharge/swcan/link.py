@@ -150,6 +150,7 @@ class WallState(enum.Enum):
     REJECTED = "rejected"      # the car said no; offer() may propose other terms
     SELLING = "selling"        # accepted: invoices flow, bound to the accepted offer
     CHANGING = "changing"      # still selling on the accepted offer while a new one awaits its answer (v2)
+    REPEATING = "repeating"    # still selling (v1), the accepted offer out again for a car that restarted
     STOPPED = "stopped"        # the car rejected a tariff change: no more sales until unplug
 
 
@@ -206,9 +207,27 @@ class WallLink(_Link):
             raise LinkStateError("v1 has no mid-session offer change; the acceptance holds until unplug")
         self._propose(offer, WallState.CHANGING, now)
 
+    def repeat_offer(self, now: float) -> None:
+        """v1: put the accepted terms out again, every second, while still selling on them.
+
+        A v1 car whose daemon restarted has lost its acceptance and waits for an offer; an
+        original car that still holds it ignores offers. An answer comes back as
+        :class:`CarAccepted` or :class:`CarRejected` (then the link is STOPPED).
+        """
+        if self.state is not WallState.SELLING or self.version != msg.PROTOCOL_V1:
+            raise LinkStateError(f"repeat_offer() while {self.state.value} (v{self.version}); "
+                                 "only while selling to a v1 car")
+        assert self.accepted_offer is not None
+        self._propose(self.accepted_offer, WallState.REPEATING, now)
+
+    def stop_repeating(self) -> None:
+        """The car paid, so it still holds its acceptance: the repeated offer stops."""
+        if self.state is WallState.REPEATING:
+            self.state, self.proposed_offer, self._next_offer_at = WallState.SELLING, None, None
+
     def send_invoice(self, bolt11: str, wall_energy_nj: int) -> None:
         """Queue one invoice for the car; in v2 it carries the wall meter and the accepted offer."""
-        if self.state not in (WallState.SELLING, WallState.CHANGING):
+        if self.state not in (WallState.SELLING, WallState.CHANGING, WallState.REPEATING):
             raise LinkStateError(f"send_invoice() while {self.state.value}; the car has not accepted an offer")
         if self.version == msg.PROTOCOL_V2:
             assert self.session_id is not None
@@ -247,7 +266,7 @@ class WallLink(_Link):
     # --- internals -------------------------------------------------------------------------
 
     def _awaiting_answer(self) -> bool:
-        return self.state in (WallState.OFFERING, WallState.CHANGING)
+        return self.state in (WallState.OFFERING, WallState.CHANGING, WallState.REPEATING)
 
     def _propose(self, offer: Offer, state: WallState, now: float) -> None:
         msg.encode_v1_offer(offer)
@@ -259,7 +278,7 @@ class WallLink(_Link):
 
     def _send_offer(self, now: float) -> None:
         assert self.proposed_offer is not None
-        if self.v2:
+        if self.v2 and self.version != msg.PROTOCOL_V1:
             assert self.session_id is not None
             # Before the 1998 frame, so a v2 car knows the terms are v2 when the 1998 arrives.
             self._frames.append((msg.V2_OFFER_ID, msg.encode_v2_offer(
@@ -280,6 +299,9 @@ class WallLink(_Link):
         if self.state is WallState.CHANGING and answer.version != msg.PROTOCOL_V2:
             self._drop("v1 answer in a v2 session", msg.ANSWER_ID, data)
             return
+        if self.state is WallState.REPEATING and answer.version != msg.PROTOCOL_V1:
+            self._drop("v2 answer in a v1 session", msg.ANSWER_ID, data)
+            return
         if answer.version == msg.PROTOCOL_V2 and (
                 answer.session_id != self.session_id or answer.offer_number != self._proposed_number):
             self._drop(
@@ -288,7 +310,8 @@ class WallLink(_Link):
                 msg.ANSWER_ID, data, "info")
             return
         assert self.proposed_offer is not None
-        proposed, mid_session = self.proposed_offer, self.state is WallState.CHANGING
+        proposed, mid_session = self.proposed_offer, self.state in (WallState.CHANGING, WallState.REPEATING)
+        repeated = self.state is WallState.REPEATING
         self.proposed_offer = None
         self._next_offer_at = None
         v2_session = answer.version == msg.PROTOCOL_V2
@@ -302,6 +325,9 @@ class WallLink(_Link):
             self.accepted_offer = terms
             self._accepted_number = self._proposed_number
             self._events.append(CarAccepted(terms, answer.version, session_id, number, mid_session))
+        elif repeated:
+            self.state = WallState.STOPPED
+            self._events.append(CarRejected(terms, answer.version, None, None))
         elif mid_session:
             assert self.session_id is not None
             self.state = WallState.STOPPED
