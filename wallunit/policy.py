@@ -27,7 +27,8 @@ Power: ``CutPower`` is answered with ``stop_confirmed`` or ``stop_failed`` (the 
 master's StopResult, which it confirms by the measured current); a failed stop is asked
 again every ``retry_s``. ``ResumePower`` needs no answer. While the Lightning node is
 unreachable nothing can be invoiced or seen paid, so power is cut and comes back with
-the node. Between sessions the TWC stays off: an unplug cuts power and the next plug-in
+the node; an invoice still open then is replaced, as the car's tries to pay it failed
+meanwhile and a car stops trying after a few. Between sessions the TWC stays off: an unplug cuts power and the next plug-in
 turns it back on.
 
 If the car never answers the offer within ``offer_timeout_s`` and manual pay is on, the
@@ -347,10 +348,18 @@ class SellerPolicy:
         return [Ignored(f"held payment on an invoice that is not a manual-pay hold invoice: {r_hash.hex()}")]
 
     def node_reachable(self, now: datetime) -> list[Action]:
-        self.node_up = True
+        was_down, self.node_up = not self.node_up, True
         actions: list[Action] = []
         for manual in self._manuals():
             actions += manual.retry(now)
+        s = self.session
+        if was_down and s is not None and s.manual is None:
+            # While our node was away the car's payments failed, and a car gives up on an
+            # invoice after a few tries: waiting for it would stall the sale until it expired.
+            for invoice in list(s.pending.values()):
+                if invoice.state == "open":
+                    actions.append(CancelInvoice(invoice.r_hash, "replaced after the node outage"))
+                    s.close(invoice, "canceled")
         return actions + self._after(now)
 
     def node_unreachable(self, now: datetime) -> list[Action]:
