@@ -451,8 +451,6 @@ class WallDaemon:
         self._act(self.policy.car_accepted(now, event.offer, version) if accepted else self.policy.car_rejected(now))
 
     def _offer(self, offer: Offer) -> None:
-        assert self.swcan is not None
-
         def propose(link: WallLink, now: float) -> None:
             if link.state is WallState.UNPLUGGED:
                 link.plugged_in(offer, now)
@@ -468,16 +466,13 @@ class WallDaemon:
             else:
                 raise LinkStateError(f"no new offer while the link is {link.state.value}")
 
-        try:
-            self.swcan.apply(propose)
-        except (LinkStateError, ValueError) as exc:
-            _log.warning("offer not sent", reason=str(exc))
+        self._on_link(propose, "offer not sent")
 
     def _on_link(self, change: Callable[[WallLink, float], None], failure: str) -> None:
         assert self.swcan is not None
         try:
             self.swcan.apply(change)
-        except LinkStateError as exc:
+        except (LinkStateError, ValueError) as exc:
             _log.warning(failure, reason=str(exc))
 
     def _send_invoice(self, send: SendInvoice, attempt: int) -> None:

@@ -152,6 +152,17 @@ class _Session:
         invoice.state = state
         self.pending.pop(invoice.ref, None)
 
+    def cancel_open(self, reason: str, expired_by: datetime | None = None) -> list[Action]:
+        """Close the open invoices (with ``expired_by``, only those expired by then) and ask
+        the node to cancel them. Should the car have paid one after all, the node reports it
+        settled and it is counted."""
+        cancels: list[Action] = []
+        for invoice in list(self.pending.values()):
+            if invoice.state == "open" and (expired_by is None or expired_by >= invoice.expires_at):
+                self.close(invoice, "canceled")
+                cancels.append(CancelInvoice(invoice.r_hash, reason))
+        return cancels
+
 
 class SellerPolicy:
     def __init__(self, settings: SellerSettings, tariff: Tariff, power_on: bool = True, node_up: bool = True):
@@ -206,13 +217,8 @@ class SellerPolicy:
         s = self.session
         if s is None:
             return [Ignored("unplug reported with no session open")]
-        actions: list[Action] = []
-        for invoice in list(s.pending.values()):
-            if invoice.state == "open":
-                actions.append(CancelInvoice(invoice.r_hash, "car unplugged before paying"))
-                s.close(invoice, "canceled")
-            elif invoice.state == "creating":
-                self._late_refs.add(invoice.ref)
+        actions = s.cancel_open("car unplugged before paying")
+        self._late_refs.update(invoice.ref for invoice in s.pending.values() if invoice.state == "creating")
         if s.manual is not None:
             actions += s.manual.unplugged(now)
             if not s.manual.finished:
@@ -356,10 +362,7 @@ class SellerPolicy:
         if was_down and s is not None and s.manual is None:
             # While our node was away the car's payments failed, and a car gives up on an
             # invoice after a few tries: waiting for it would stall the sale until it expired.
-            for invoice in list(s.pending.values()):
-                if invoice.state == "open":
-                    actions.append(CancelInvoice(invoice.r_hash, "replaced after the node outage"))
-                    s.close(invoice, "canceled")
+            actions += s.cancel_open("replaced after the node outage")
         return actions + self._after(now)
 
     def node_unreachable(self, now: datetime) -> list[Action]:
@@ -397,10 +400,7 @@ class SellerPolicy:
             actions += self._check_offer(now, s)
             if s.manual is not None:
                 actions += s.manual.tick(now)
-            for invoice in list(s.pending.values()):
-                if invoice.state == "open" and now >= invoice.expires_at:
-                    s.close(invoice, "canceled")
-                    actions.append(CancelInvoice(invoice.r_hash, "invoice expired unpaid"))
+            actions += s.cancel_open("invoice expired unpaid", expired_by=now)
         return actions + self._after(now)
 
     def _check_offer(self, now: datetime, s: _Session) -> list[Action]:
@@ -452,13 +452,7 @@ class SellerPolicy:
             return [Ignored(f"car answered the repeated offer with v{version} {offer}, not v1 {s.accepted}")]
         s.repeating_offer = False
         s.behind_since = None
-        actions: list[Action] = []
-        for invoice in list(s.pending.values()):
-            if invoice.state == "open":
-                # If the car paid it after all, the node says settled and the policy counts it.
-                actions.append(CancelInvoice(invoice.r_hash, "the car restarted and dropped it"))
-                s.close(invoice, "canceled")
-        return actions + self._after(now)
+        return s.cancel_open("the car restarted and dropped it") + self._after(now)
 
     def _maybe_repeat_offer(self, now: datetime, s: _Session) -> list[Action]:
         if s.version != 1 or s.phase is not Phase.SELLING or not self.node_up:
