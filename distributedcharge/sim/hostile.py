@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import can
@@ -17,8 +18,8 @@ import can
 from distributedcharge import log
 from distributedcharge.lightning.client import LndClient
 from distributedcharge.lightning.errors import LightningError
-from distributedcharge.sim.stage import CAR_NODE, TWC_AMPS, WALL_NODE
-from distributedcharge.swcan.adapter import SwcanPort
+from distributedcharge.sim.stage import CAR_NODE, TWC_AMPS, WALL_NODE, Bus
+from distributedcharge.swcan.adapter import Link, SwcanPort
 from distributedcharge.swcan.link import CarAccepted, CarLink, InvoiceReceived, OfferReceived, TariffRejected, WallLink
 from distributedcharge.swcan.messages import Offer
 from distributedcharge.twc.master import MasterSettings, SlaveStateChanged, TwcMaster
@@ -41,25 +42,43 @@ PAY_TIMEOUT_S = 25
 FEE_LIMIT_MSAT = 10_000
 
 
-class HostileWall:
+class _ScriptedParty:
+    """The SWCAN port and the Lightning client a scripted wall or car holds."""
+
+    def __init__(self, world: InProcessWorld) -> None:
+        self.world = world
+        self.port: SwcanPort | None = None
+        self.lnd: LndClient | None = None
+
+    async def _connect(self, swcan: Bus, link: Link, node: str, macaroon: Path) -> None:
+        self.port = SwcanPort(link, can.Bus(interface=swcan.interface, channel=swcan.channel))
+        await self.port.start()
+        self.lnd = LndClient(self.world.node_address(node, macaroon.read_bytes()))
+
+    async def stop(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            await port.close()
+            port.bus.shutdown()
+        if self.lnd is not None:
+            lnd, self.lnd = self.lnd, None
+            await lnd.close()
+
+
+class HostileWall(_ScriptedParty):
     """Delivers energy honestly through the Wall Connector, but invoices to take more than it
     is worth: an invoice for three payments, the same invoice twice, a fresh invoice every
     two seconds whatever the meter says, and finally a rate twice the car's ceiling."""
 
     def __init__(self, world: InProcessWorld) -> None:
-        self.world = world
+        super().__init__(world)
         self.offer = make_offer(world.terms.rate_sat_per_kwh * MSAT_PER_SAT, Fraction(world.terms.wh_per_payment))
-        self.port: SwcanPort | None = None
-        self.lnd: LndClient | None = None
         self.twc: TwcPort | None = None
         self.sent = 0
 
     async def start(self) -> None:
         world = self.world
-        bus = can.Bus(interface=world.buses.wall_swcan.interface, channel=world.buses.wall_swcan.channel)
-        self.port = SwcanPort(WallLink(v2=True), bus)
-        await self.port.start()
-        self.lnd = LndClient(world.node_address(WALL_NODE, world.layout.wall_macaroon.read_bytes()))
+        await self._connect(world.buses.wall_swcan, WallLink(v2=True), WALL_NODE, world.layout.wall_macaroon)
         self.twc = TwcPort(str(world.layout.twc_link), TwcMaster(MasterSettings(wiring_limit_a=TWC_AMPS)),
                            clock=world.clock.monotonic)
         self.twc.set_offer(TWC_AMPS)
@@ -113,32 +132,18 @@ class HostileWall:
         self.port.apply(lambda link, now: link.send_invoice(payment_request, 0))
         self.sent += 1
 
-    async def stop(self) -> None:
-        if self.port is not None:
-            port, self.port = self.port, None
-            await port.close()
-            port.bus.shutdown()
-        if self.lnd is not None:
-            lnd, self.lnd = self.lnd, None
-            await lnd.close()
 
-
-class HostileCar:
+class HostileCar(_ScriptedParty):
     """Accepts the wall's offer, pays the first ``pay_first`` invoices, then takes energy without paying."""
 
     def __init__(self, world: InProcessWorld, pay_first: int) -> None:
-        self.world = world
+        super().__init__(world)
         self.pay_first = pay_first
-        self.port: SwcanPort | None = None
-        self.lnd: LndClient | None = None
         self.paid = 0
 
     async def start(self) -> None:
         world = self.world
-        bus = can.Bus(interface=world.buses.car_swcan.interface, channel=world.buses.car_swcan.channel)
-        self.port = SwcanPort(CarLink(v2=True), bus)
-        await self.port.start()
-        self.lnd = LndClient(world.node_address(CAR_NODE, world.layout.car_macaroon.read_bytes()))
+        await self._connect(world.buses.car_swcan, CarLink(v2=True), CAR_NODE, world.layout.car_macaroon)
 
     async def run(self) -> None:
         assert self.port is not None and self.lnd is not None
@@ -153,13 +158,4 @@ class HostileCar:
                     _log.warning("hostile car: payment failed", reason=str(exc))
                     continue
                 self.paid += 1
-
-    async def stop(self) -> None:
-        if self.port is not None:
-            port, self.port = self.port, None
-            await port.close()
-            port.bus.shutdown()
-        if self.lnd is not None:
-            lnd, self.lnd = self.lnd, None
-            await lnd.close()
 
