@@ -251,18 +251,16 @@ class _NodeService:
 
     def create_invoice(
         self,
-        *,
+        request: lightning_pb2.Invoice | invoices_pb2.AddHoldInvoiceRequest,
         value_msat: int,
-        memo: str,
-        description_hash: bytes,
-        expiry: int,
-        cltv_expiry: int,
-        fallback_addr: str,
-        route_hints_given: bool,
+        *,
         preimage: bytes | None,
         payment_hash: bytes | None,
     ) -> InvoiceRecord:
-        """invoicesrpc.AddInvoice: checks in lnd's order, then sign and store."""
+        """invoicesrpc.AddInvoice, for both requests (lnd's two messages name these fields
+        alike): checks in lnd's order, then sign and store."""
+        memo, description_hash, fallback_addr = request.memo, request.description_hash, request.fallback_addr
+        expiry, cltv_expiry = request.expiry, request.cltv_expiry
         memo_size = len(memo.encode("utf-8"))
         if memo_size > MAX_MEMO_SIZE:
             raise LndError(f"memo too large: {memo_size} bytes (maxsize={MAX_MEMO_SIZE})")
@@ -287,7 +285,7 @@ class _NodeService:
             cltv_expiry = DEFAULT_CLTV_EXPIRY
         elif cltv_expiry < MIN_CLTV_DELTA:
             raise LndError(f"CLTV delta of {cltv_expiry} must be greater than minimum of {MIN_CLTV_DELTA}")
-        if route_hints_given:
+        if request.route_hints:
             raise LndError("route hints are not supported by simnet: its channels are all public")
         description_groups = -(-memo_size * 8 // 5)
         if not description_hash and description_groups > MAX_FIELD_GROUPS:
@@ -372,17 +370,7 @@ class LightningService(_NodeService, lightning_pb2_grpc.LightningServicer):
         if request.is_amp:
             raise LndError("AMP invoices are not supported by simnet")
         preimage = make_preimage(request.r_preimage) if request.r_preimage else None
-        invoice = self.create_invoice(
-            value_msat=value,
-            memo=request.memo,
-            description_hash=request.description_hash,
-            expiry=request.expiry,
-            cltv_expiry=request.cltv_expiry,
-            fallback_addr=request.fallback_addr,
-            route_hints_given=bool(request.route_hints),
-            preimage=preimage,
-            payment_hash=None,
-        )
+        invoice = self.create_invoice(request, value, preimage=preimage, payment_hash=None)
         return lightning_pb2.AddInvoiceResponse(
             r_hash=invoice.payment_hash,
             payment_request=invoice.payment_request,
@@ -477,17 +465,7 @@ class InvoicesService(_NodeService, invoices_pb2_grpc.InvoicesServicer):
     async def AddHoldInvoice(self, request, context):
         payment_hash = make_hash(request.hash)
         value = unmarshall_amount(request.value, request.value_msat)
-        invoice = self.create_invoice(
-            value_msat=value,
-            memo=request.memo,
-            description_hash=request.description_hash,
-            expiry=request.expiry,
-            cltv_expiry=request.cltv_expiry,
-            fallback_addr=request.fallback_addr,
-            route_hints_given=bool(request.route_hints),
-            preimage=None,
-            payment_hash=payment_hash,
-        )
+        invoice = self.create_invoice(request, value, preimage=None, payment_hash=payment_hash)
         return invoices_pb2.AddHoldInvoiceResp(
             payment_request=invoice.payment_request,
             add_index=invoice.add_index,
