@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import sqlite3
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,21 +40,36 @@ from car import config as car_config
 from car import journal as car_journal
 from car import policy as car_policy
 from car.journal import Journal, OpenSession
-from car.payer import FAILED, REFUSED, SUCCEEDED, UNRESOLVED, PaymentOutcome, Payer
-from car.policy import Accept, BuyerPolicy, NotYetDue, Pay, Refuse, SessionPayment, Terms, wh_bought
-from car.relay import RelayError, SwcanRelay
+from car.payer import FAILED, REFUSED, SUCCEEDED, UNRESOLVED, Payer, PaymentOutcome
+from car.policy import (
+    Accept,
+    BuyerPolicy,
+    NotYetDue,
+    Pay,
+    Refuse,
+    SessionPayment,
+    Terms,
+    wh_bought,
+)
 from distributedcharge import config, daemon, log
+from distributedcharge.backoff import Backoff
+from distributedcharge.canloop import LoopListener
 from distributedcharge.clock import Clock
 from distributedcharge.daemon import StartupError
 from distributedcharge.lightning import errors, macaroons, privilege
 from distributedcharge.lightning.client import LndClient
 from distributedcharge.lightning.node import NodeAddress, address_from_config
+from distributedcharge.relay import RelayError, SwcanRelay
 from distributedcharge.swcan import messages as msg
 from distributedcharge.swcan.adapter import SwcanPort, TransferFailed, open_port
 from distributedcharge.swcan.errors import LinkStateError
 from distributedcharge.swcan.link import Dropped, InvoiceReceived, OfferReceived
 from distributedcharge.vehicle import config as vehicle_config
-from distributedcharge.vehicle.reader import LayoutDetected, Malformed, vehicle_can_filters
+from distributedcharge.vehicle.reader import (
+    LayoutDetected,
+    Malformed,
+    vehicle_can_filters,
+)
 
 DEFAULT_CONFIG = "/etc/distributedcharge/car.toml"
 
@@ -102,43 +115,6 @@ class _Session:
     energy_recorded_at: float = field(default=0.0)
 
 
-class _Backoff:
-    def __init__(self, first_s: float, most_s: float):
-        self.first_s = first_s
-        self.most_s = most_s
-        self._next_s = first_s
-
-    def next(self) -> float:
-        delay, self._next_s = self._next_s, min(self._next_s * 2, self.most_s)
-        return delay
-
-    def reset(self) -> None:
-        self._next_s = self.first_s
-
-
-class _VehicleListener(can.Listener):
-    """Runs in python-can's Notifier thread: hands frames and read errors to the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_frame: Callable[[can.Message], None],
-                 on_error: Callable[[Exception], None]):
-        self._loop = loop
-        self._on_frame = on_frame
-        self._on_error = on_error
-
-    def on_message_received(self, message: can.Message) -> None:
-        self._call_in_loop(self._on_frame, message)
-
-    def on_error(self, exc: Exception) -> None:
-        self._call_in_loop(self._on_error, exc)
-        # python-can retries a failed read at once; this keeps a dead interface from spinning.
-        time.sleep(VEHICLE_BUS_ERROR_BACKOFF_S)
-
-    def _call_in_loop(self, callback: Callable[[Any], None], argument: Any) -> None:
-        # RuntimeError: the loop closed while the daemon was stopping.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(callback, argument)
-
-
 class CarDaemon:
     def __init__(self, cfg: config.Config, clock: Clock = Clock(), *, relay_pin_factory: Any = None):
         self.cfg = cfg
@@ -163,7 +139,7 @@ class CarDaemon:
         self._held_at_nj: int | None = None
         self._plug_unknown_since: float | None = None
         self._charging = False
-        self._backoff = _Backoff(RETRY_FIRST_S, RETRY_MAX_S)
+        self._backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         self._lnd_trouble: str | None = None
         self._malformed_logged_at: float | None = None
         self._malformed_unlogged = 0
@@ -194,7 +170,8 @@ class CarDaemon:
             bitrate=cfg["vehicle_can"]["bitrate"], can_filters=vehicle_can_filters()))
         self.port = self._open_bus("swcan", lambda: open_port(cfg["swcan"], "car"))
         await self.port.start()
-        listener = _VehicleListener(asyncio.get_running_loop(), self._on_vehicle_frame, self._on_vehicle_bus_error)
+        listener = LoopListener(asyncio.get_running_loop(), self._on_vehicle_frame, self._on_vehicle_bus_error,
+                                error_backoff_s=VEHICLE_BUS_ERROR_BACKOFF_S)
         self._notifier = can.Notifier(self.vehicle_bus, [listener], timeout=0.5)
         self.log.info("car daemon ready", node=address.target, network=self.settings.network,
                       swcan=cfg["swcan"]["channel"], vehicle_can=cfg["vehicle_can"]["channel"],
@@ -328,8 +305,8 @@ class CarDaemon:
     async def _tick(self) -> None:
         # The reader's clock is the frames' own; this is "now" on that axis.
         self.vehicle.tick(self.clock.from_frame_timestamp(self.clock.time()))
-        if self.relay is not None:
-            self.relay.set(self.vehicle.relay_should_be_closed)
+        if self.relay is not None and self.relay.set(self.vehicle.relay_should_be_closed):
+            self.log.info("swcan relay " + ("closed" if self.relay.closed else "opened"), gpio=self.relay.pin)
         charging = self.vehicle.charging
         if charging != self._charging:
             self._charging = charging

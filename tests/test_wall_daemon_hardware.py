@@ -12,7 +12,8 @@ import pytest
 
 from distributedcharge.daemon import StartupError
 from test_wall_daemon import Rig, rig, run
-from wallunit.hardware import AdcWindows, HardwareError, PlugAdc, SwcanRelay
+from distributedcharge.relay import RelayError, SwcanRelay
+from wallunit.hardware import AdcWindows, HardwareError, PlugAdc
 
 WINDOWS = AdcWindows(plugged_min=0, plugged_max=511, unplugged_min=768, unplugged_max=1023)
 NO_CABLE, CABLE_IN, IN_BETWEEN = 900, 200, 640
@@ -27,7 +28,7 @@ def test_adc_windows_say_plugged_unplugged_or_nothing():
 
 def test_without_gpiozero_the_devices_refuse_with_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "gpiozero", None)
-    with pytest.raises(HardwareError, match=r"pi extra"):
+    with pytest.raises(RelayError, match=r"pi extra"):
         SwcanRelay(16)
     with pytest.raises(HardwareError, match=r"pi extra"):
         PlugAdc(0, 0, WINDOWS)
@@ -37,7 +38,7 @@ def test_daemon_with_the_relay_enabled_and_no_gpiozero_refuses_to_start(tmp_path
     monkeypatch.setitem(sys.modules, "gpiozero", None)
 
     async def scenario() -> None:
-        with pytest.raises(StartupError, match=r"gpiozero is not installed"):
+        with pytest.raises(StartupError, match=r"needs gpiozero"):
             async with rig(tmp_path, relay={"enabled": True}):
                 pass
 
@@ -92,14 +93,14 @@ def test_plug_adc_reads_its_channel_and_classifies_the_reading(pins):
 def test_relay_starts_open_and_follows_connect_and_disconnect(pins):
     factory, _ = pins
     relay = SwcanRelay(16, pin_factory=factory)
-    assert factory.pin(16).state is False and not relay.connected
-    relay.connect()
-    assert factory.pin(16).state is True and relay.connected
+    assert factory.pin(16).state is False and not relay.closed
+    assert relay.set(True) and not relay.set(True)
+    assert factory.pin(16).state is True and relay.closed
     relay.close()
     assert factory.pin(16).state is False
     inverted = SwcanRelay(20, active_high=False, pin_factory=factory)
     assert factory.pin(20).state is True
-    inverted.connect()
+    inverted.set(True)
     assert factory.pin(20).state is False
     inverted.close()
 

@@ -48,12 +48,25 @@ from distributedcharge.clock import Clock
 from distributedcharge.config import Config, ConfigError
 from distributedcharge.lightning import macaroons, privilege
 from distributedcharge.lightning.client import InvoiceStatus, LndClient
-from distributedcharge.lightning.errors import InvalidRequest, LightningError, NotFound, Unreachable
+from distributedcharge.lightning.errors import (
+    InvalidRequest,
+    LightningError,
+    NotFound,
+    Unreachable,
+)
 from distributedcharge.lightning.node import NodeAddress, address_from_config
+from distributedcharge.relay import RelayError, SwcanRelay
 from distributedcharge.swcan.adapter import SwcanPort, TransferFailed, open_port
 from distributedcharge.swcan.errors import LinkStateError
+from distributedcharge.swcan.link import (
+    CarAccepted,
+    CarRejected,
+    Offer,
+    TariffRejected,
+    WallLink,
+    WallState,
+)
 from distributedcharge.swcan.messages import PROTOCOL_V2
-from distributedcharge.swcan.link import CarAccepted, CarRejected, Offer, TariffRejected, WallLink, WallState
 from distributedcharge.twc.master import (
     BusWarning,
     Reading,
@@ -65,7 +78,12 @@ from distributedcharge.twc.master import (
     TwcMaster,
     VinRead,
 )
-from distributedcharge.twc.serial_port import PortDown, PortUp, TwcPort, settings_from_config
+from distributedcharge.twc.serial_port import (
+    PortDown,
+    PortUp,
+    TwcPort,
+    settings_from_config,
+)
 from distributedcharge.units import US_PER_S, format_msat
 
 from . import qr
@@ -88,10 +106,10 @@ from .actions import (
     StopSale,
 )
 from .config import wall_settings
-from .hardware import HardwareError, PlugAdc, SwcanRelay
+from .hardware import HardwareError, PlugAdc
 from .ledger import InvoiceRecord, Ledger, LedgerError, open_ledger
 from .manual import format_kwh
-from .plug import PlugDetector, PluggedIn, PlugEvent
+from .plug import PlugDetector, PlugEvent, PluggedIn
 from .policy import Power, SellerPolicy
 from .wallmeter import MeterError
 
@@ -177,10 +195,11 @@ class WallDaemon:
         self.lnd = LndClient(address, timeout_s=self.cfg["lightning"]["rpc_timeout_s"], clock=self.clock.monotonic)
         try:
             if self.settings.relay:
-                self.relay = SwcanRelay.from_config(self.cfg["relay"])
+                relay = self.cfg["relay"]
+                self.relay = SwcanRelay(relay["gpio"], active_high=relay["active_high"])
             if self.settings.use_adc:
                 self.adc = PlugAdc.from_config(self.cfg["adc"])
-        except HardwareError as exc:
+        except (HardwareError, RelayError) as exc:
             raise runner.StartupError(str(exc)) from None
         section = self.cfg["swcan"]
         try:
@@ -380,7 +399,7 @@ class WallDaemon:
     def _plugged_in(self) -> None:
         assert self.ledger is not None
         if self.relay is not None:
-            self.relay.connect()
+            self.relay.set(True)
         session_id = self.ledger.start_session(self._stamp())
         self._last_session_id = session_id
         _log.info("car plugged in", session=session_id)
@@ -392,7 +411,7 @@ class WallDaemon:
         self._act(self.policy.unplugged(self.policy_now()))
         self._in_transfer = None
         if self.relay is not None:
-            self.relay.disconnect()
+            self.relay.set(False)
         await self.swcan.unplugged()
 
     async def _poll_adc(self) -> None:

@@ -1,9 +1,8 @@
-"""The wall unit's optional Raspberry Pi hardware: the SWCAN relay and the pilot/proximity ADC.
+"""The wall unit's optional pilot/proximity ADC (the SWCAN relay is :mod:`distributedcharge.relay`).
 
-Both come from gpiozero (the ``pi`` extra) and are imported only when the config enables
-them, so a simulation or a test machine never needs it. The relay connects the SWCAN
-transceiver to the charge cable once a plug-in is confirmed, as on the original boards
-(GPIO 16). The ADC is an MCP3008 reading the pilot or proximity line through a divider;
+gpiozero (the ``pi`` extra) is imported only when the config enables the ADC, so a
+simulation or a test machine never needs it. The ADC is an MCP3008 reading the pilot or
+proximity line through a divider;
 :class:`AdcWindows` turns a raw reading into "cable in", "no cable" or "cannot tell",
 which is all :class:`~wallunit.plug.PlugDetector` wants from it.
 """
@@ -82,33 +81,3 @@ class PlugAdc:
 
     def close(self) -> None:
         self._adc.close()
-
-
-class SwcanRelay:
-    """The relay between the SWCAN transceiver and the charge cable; starts open."""
-
-    def __init__(self, gpio: int, active_high: bool = True, pin_factory: Any = None) -> None:
-        gpiozero = _gpiozero()
-        try:
-            self._pin = gpiozero.DigitalOutputDevice(gpio, active_high=active_high, initial_value=False,
-                                                     pin_factory=pin_factory)
-        except gpiozero.GPIOZeroError as exc:
-            raise HardwareError(f"SWCAN relay on GPIO {gpio}: {exc}") from None
-
-    @classmethod
-    def from_config(cls, relay: dict[str, Any], pin_factory: Any = None) -> SwcanRelay:
-        return cls(relay["gpio"], relay["active_high"], pin_factory)
-
-    @property
-    def connected(self) -> bool:
-        return bool(self._pin.value)
-
-    def connect(self) -> None:
-        self._pin.on()
-
-    def disconnect(self) -> None:
-        self._pin.off()
-
-    def close(self) -> None:
-        self._pin.off()
-        self._pin.close()

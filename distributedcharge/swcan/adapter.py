@@ -20,8 +20,6 @@ as with the Linux isotp defaults the original uses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +28,7 @@ import can
 import isotp
 
 from distributedcharge import log
+from distributedcharge.canloop import LoopListener
 from distributedcharge.config import Field, between
 from distributedcharge.swcan import messages as msg
 from distributedcharge.swcan.link import CarLink, Dropped, Event, WallLink
@@ -119,18 +118,6 @@ class TransferFailed:
     reason: str
 
 
-class _BusListener(can.Listener):
-    def __init__(self, port: SwcanPort) -> None:
-        self._port = port
-
-    def on_message_received(self, message: can.Message) -> None:
-        self._port._on_bus_message(message)
-
-    def on_error(self, exc: Exception) -> None:
-        _log.warning("swcan bus read failed", error=str(exc))
-        time.sleep(BUS_ERROR_BACKOFF_S)
-
-
 class _GuardedStack(isotp.NotifierBasedCanStack):
     """A bus error while sending one segment must fail that transfer, not end can-isotp's thread."""
 
@@ -170,7 +157,7 @@ class SwcanPort:
         self._own_notifier = notifier is None
         self._notifier = notifier
         self._stack: _GuardedStack | None = None
-        self._listener = _BusListener(self)
+        self._listener: LoopListener | None = None
         self._drop_log = _DropLog()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outgoing: asyncio.Queue[bytes] = asyncio.Queue()
@@ -185,6 +172,8 @@ class SwcanPort:
         self._running = True
         if self._notifier is None:
             self._notifier = can.Notifier(self.bus, [], timeout=PAYLOAD_POLL_S)
+        self._listener = LoopListener(self._loop, self._feed_frame, self._on_bus_error,
+                                      error_backoff_s=BUS_ERROR_BACKOFF_S, wants=self._wants)
         self._notifier.add_listener(self._listener)
         self._stack = _GuardedStack(self.bus, self._notifier, address=self._address,
                                     error_handler=self._on_isotp_error, params=self._isotp_params)
@@ -198,7 +187,8 @@ class SwcanPort:
         self._running = False
         if self._timer is not None:
             self._timer.cancel()
-        if self._notifier is not None:
+        if self._notifier is not None and self._listener is not None:
+            self._listener.active = False
             self._notifier.remove_listener(self._listener)
         if self._stack is not None:
             # Stopping the stack fails any blocking send, which frees the sending thread.
@@ -235,28 +225,21 @@ class SwcanPort:
 
     # --- bus side (Notifier and can-isotp threads) ------------------------------------------
 
-    def _on_bus_message(self, message: can.Message) -> None:
-        if (message.is_extended_id or message.is_error_frame or message.is_remote_frame
-                or message.arbitration_id not in self._raw_ids):
-            return
-        self._call_in_loop(self._feed_frame, message.arbitration_id, bytes(message.data))
+    def _wants(self, message: can.Message) -> bool:
+        return (self._running and not (message.is_extended_id or message.is_error_frame or message.is_remote_frame)
+                and message.arbitration_id in self._raw_ids)
 
     def _on_isotp_error(self, error: Exception) -> None:
         _log.warning("swcan iso-tp error", error=f"{type(error).__name__}: {error}")
 
-    def _call_in_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or not self._running:
-            return
-        # RuntimeError: the loop closed between our check and the call, the port is going away.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(callback, *args)
-
     # --- loop side -------------------------------------------------------------------------
 
-    def _feed_frame(self, can_id: int, data: bytes) -> None:
+    def _on_bus_error(self, exc: Exception) -> None:
+        _log.warning("swcan bus read failed", error=str(exc))
+
+    def _feed_frame(self, message: can.Message) -> None:
         if self._running:
-            self.link.receive_frame(can_id, data, self.now())
+            self.link.receive_frame(message.arbitration_id, bytes(message.data), self.now())
             self._flush()
 
     def _on_timer(self) -> None:
